@@ -53,19 +53,8 @@ impl GateSetup {
     /// Like `start` but does not wait for `/healthz`: for a gate that is expected to fail.
     pub(crate) fn launch(self, toml: &str) -> Gate {
         let port = free_port();
-        let mut table: toml::Table = toml::from_str(toml)
-            .unwrap_or_else(|e| panic!("the test's gate config is not TOML: {e}\n{toml}"));
-        let server = table
-            .entry("server")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("[server] is a table");
-        server.insert(
-            "listen".to_owned(),
-            toml::Value::String(format!("127.0.0.1:{port}")),
-        );
         let config_path = self.dir.path().join("gate.toml");
-        std::fs::write(&config_path, table.to_string()).expect("write gate config");
+        write_config(&config_path, toml, port);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -284,10 +273,14 @@ impl Gate {
         }
     }
 
-    /// Starts the gate again with the same config file and port (secret files may have been
-    /// rewritten in between), and waits for `/healthz`.
+    /// Starts the gate again with the same config file (secret files may have been rewritten in
+    /// between) and waits for `/healthz`. It listens on a new free port: the old one may still
+    /// hold connections in TIME_WAIT, which is no concern of the test.
     pub(crate) fn start_again(&mut self) {
         self.stop();
+        self.port = free_port();
+        let toml = std::fs::read_to_string(&self.config_path).expect("read gate config");
+        write_config(&self.config_path, &toml, self.port);
         self.spawn();
         self.wait_healthy();
     }
@@ -352,6 +345,22 @@ impl Drop for Gate {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes the test's TOML to `path` with `server.listen` set to `127.0.0.1:port`.
+fn write_config(path: &Path, toml: &str, port: u16) {
+    let mut table: toml::Table = toml::from_str(toml)
+        .unwrap_or_else(|e| panic!("the test's gate config is not TOML: {e}\n{toml}"));
+    let server = table
+        .entry("server")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[server] is a table");
+    server.insert(
+        "listen".to_owned(),
+        toml::Value::String(format!("127.0.0.1:{port}")),
+    );
+    std::fs::write(path, table.to_string()).expect("write gate config");
 }
 
 fn write_secret_in(dir: &Path, name: &str, contents: &str) -> PathBuf {
