@@ -1,0 +1,338 @@
+//! The CrowdSec LAPI client: keeps the decision table in sync (stream mode) or asks per IP
+//! with a short-lived cache (live mode), and answers "what does CrowdSec say about this IP".
+//!
+//! Invariants: a lookup never waits for a sync (the table is swapped in whole); while the LAPI
+//! is unreachable the last known decisions stay enforced; with `fail_closed` an answer older
+//! than `max_staleness` (or none yet) denies; one log line per failure streak, and the API key
+//! is never logged (it lives only in a sensitive header value).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use http::HeaderValue;
+use tracing::{info, warn};
+
+use super::stream::{parse_live, parse_stream};
+use super::table::DecisionTable;
+use crate::config::{Crowdsec, CrowdsecMode};
+use crate::decision::CrowdsecState;
+use crate::metrics::Metrics;
+
+/// `User-Agent` the LAPI sees (CrowdSec lists bouncers by it).
+pub const USER_AGENT: &str = concat!("crowdsec-jacker-gate-bouncer/v", env!("CARGO_PKG_VERSION"));
+
+/// Live-mode answers kept at most; beyond it answers are not cached (a flood of distinct
+/// addresses must not grow memory without bound).
+const LIVE_CACHE_MAX: usize = 100_000;
+
+/// Why a LAPI request failed. Messages are written for the operator and never hold the key.
+#[derive(Debug, thiserror::Error)]
+pub enum LapiError {
+    #[error("cannot reach the LAPI: {0}")]
+    Transport(String),
+    #[error("the LAPI refused the bouncer key (HTTP 403): check crowdsec.api_key_file against `cscli bouncers list`")]
+    Forbidden,
+    #[error("the LAPI answered HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Body(#[from] super::stream::BadBody),
+    #[error("cannot set up the LAPI client: {0}")]
+    Setup(String),
+}
+
+fn now_unix() -> (u32, u64) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (
+        u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+    )
+}
+
+pub struct Bouncer {
+    mode: CrowdsecMode,
+    fail_closed: bool,
+    max_staleness_ms: u64,
+    update_interval: Duration,
+    live_timeout: Duration,
+    table: ArcSwap<DecisionTable>,
+    /// Unix milliseconds of the last successful LAPI answer; 0 = never.
+    last_success_ms: AtomicU64,
+    live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
+    client: reqwest::Client,
+    base: url::Url,
+    key: HeaderValue,
+    metrics: Arc<Metrics>,
+}
+
+impl Bouncer {
+    /// Builds the client from config; `None` when CrowdSec is off.
+    pub fn new(config: &Crowdsec, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, LapiError> {
+        let (Some(base), Some(key_file)) = (&config.lapi_url, &config.api_key_file) else {
+            return Ok(None);
+        };
+        let mut key = HeaderValue::from_str(key_file.expose()).map_err(|_| {
+            LapiError::Setup("the API key holds characters not allowed in a header".into())
+        })?;
+        key.set_sensitive(true);
+
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(USER_AGENT)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| LapiError::Setup(format!("cannot read {}: {e}", ca.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| LapiError::Setup(format!("bad CA file {}: {e}", ca.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key_path)) = (&config.cert_file, &config.key_file) {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| LapiError::Setup(format!("cannot read {}: {e}", cert.display())))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key_path).map_err(|e| {
+                LapiError::Setup(format!("cannot read {}: {e}", key_path.display()))
+            })?);
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| LapiError::Setup(format!("bad client certificate or key: {e}")))?;
+            builder = builder.identity(id);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| LapiError::Setup(e.to_string()))?;
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        Ok(Some(Arc::new(Self {
+            mode: config.mode,
+            fail_closed: config.fail_closed,
+            max_staleness_ms: u64::try_from(config.max_staleness.as_millis()).unwrap_or(u64::MAX),
+            update_interval: config.update_interval,
+            live_timeout: config.live_timeout,
+            table: ArcSwap::from_pointee(DecisionTable::default()),
+            last_success_ms: AtomicU64::new(0),
+            live_cache: DashMap::default(),
+            client,
+            base,
+            key,
+            metrics,
+        })))
+    }
+
+    /// Whether a first sync (stream) or probe (live) has succeeded.
+    pub fn ready(&self) -> bool {
+        let last = self.last_success_ms.load(Ordering::Relaxed);
+        last != 0 && !(self.fail_closed && self.stale(last))
+    }
+
+    fn stale(&self, last_ms: u64) -> bool {
+        last_ms == 0 || now_unix().1.saturating_sub(last_ms) > self.max_staleness_ms
+    }
+
+    /// What CrowdSec says about `ip` (canonical). Stream mode never awaits anything.
+    pub async fn check(&self, ip: IpAddr) -> CrowdsecState {
+        let (now, now_ms) = now_unix();
+        match self.mode {
+            CrowdsecMode::Stream => {
+                if let Some(kind) = self.table.load().lookup(ip, now) {
+                    return CrowdsecState::Decided(kind);
+                }
+                if self.fail_closed && self.stale(self.last_success_ms.load(Ordering::Relaxed)) {
+                    return CrowdsecState::Unavailable;
+                }
+                CrowdsecState::Clear
+            }
+            CrowdsecMode::Live => {
+                if let Some(hit) = self.live_cache.get(&ip) {
+                    let (kind, expires_ms) = *hit;
+                    if expires_ms > now_ms {
+                        return kind.map_or(CrowdsecState::Clear, CrowdsecState::Decided);
+                    }
+                }
+                match self.live_lookup(ip, now).await {
+                    Ok(kind) => {
+                        self.last_success_ms.store(now_ms, Ordering::Relaxed);
+                        if self.live_cache.len() < LIVE_CACHE_MAX {
+                            let ttl = u64::try_from(self.update_interval.as_millis()).unwrap_or(0);
+                            self.live_cache.insert(ip, (kind, now_ms + ttl));
+                        }
+                        kind.map_or(CrowdsecState::Clear, CrowdsecState::Decided)
+                    }
+                    Err(e) => {
+                        self.metrics.crowdsec_sync_errors.inc();
+                        tracing::debug!(error = %e, "crowdsec live lookup failed");
+                        if self.fail_closed {
+                            CrowdsecState::Unavailable
+                        } else {
+                            CrowdsecState::Clear
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn get(
+        &self,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, LapiError> {
+        let url = self
+            .base
+            .join(path_and_query)
+            .map_err(|e| LapiError::Setup(e.to_string()))?;
+        let resp = self
+            .client
+            .get(url)
+            .header("X-Api-Key", self.key.clone())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| LapiError::Transport(error_chain(&e)))?;
+        match resp.status().as_u16() {
+            200 => resp
+                .bytes()
+                .await
+                .map_err(|e| LapiError::Transport(error_chain(&e))),
+            403 => Err(LapiError::Forbidden),
+            s => Err(LapiError::Status(s)),
+        }
+    }
+
+    async fn live_lookup(&self, ip: IpAddr, now: u32) -> Result<Option<super::Kind>, LapiError> {
+        let body = self
+            .get(&format!("v1/decisions?ip={ip}"), self.live_timeout)
+            .await?;
+        Ok(parse_live(&body, now)?)
+    }
+
+    /// Runs until the process ends: stream sync (or live-mode probe and cache cleanup) every
+    /// `update_interval`.
+    pub async fn run(self: Arc<Self>, timeout: Duration) {
+        let mut failures: u64 = 0;
+        let mut need_startup = true;
+        let mut last_sweep = now_unix().0;
+        loop {
+            let result = match self.mode {
+                CrowdsecMode::Stream => self.sync_once(need_startup, timeout).await,
+                CrowdsecMode::Live => self.probe().await,
+            };
+            let (now, now_ms) = now_unix();
+            match result {
+                Ok(()) => {
+                    self.last_success_ms.store(now_ms, Ordering::Relaxed);
+                    self.metrics.crowdsec_last_sync.set(now_ms as f64 / 1000.0);
+                    if failures > 0 {
+                        info!(failures, "crowdsec LAPI reachable again");
+                    } else if need_startup {
+                        info!(
+                            decisions = self.table.load().counts().total(),
+                            mode = ?self.mode,
+                            "crowdsec LAPI synced"
+                        );
+                    }
+                    failures = 0;
+                    need_startup = false;
+                }
+                Err(e) => {
+                    self.metrics.crowdsec_sync_errors.inc();
+                    if failures == 0 {
+                        warn!(
+                            error = %e,
+                            lapi = %self.base,
+                            "crowdsec LAPI sync failed; the last known decisions stay enforced"
+                        );
+                    }
+                    failures += 1;
+                    // After a gap, ask for the full state again rather than trust a delta.
+                    need_startup = true;
+                }
+            }
+            if now.saturating_sub(last_sweep) >= 60 {
+                last_sweep = now;
+                self.sweep(now, now_ms);
+            }
+            tokio::time::sleep(self.update_interval).await;
+        }
+    }
+
+    fn sweep(&self, now: u32, now_ms: u64) {
+        match self.mode {
+            CrowdsecMode::Stream => {
+                let current = self.table.load_full();
+                if let Some(swept) = current.sweep(now) {
+                    self.metrics.set_decisions(&swept.counts());
+                    self.table.store(Arc::new(swept));
+                }
+            }
+            CrowdsecMode::Live => self.live_cache.retain(|_, (_, exp)| *exp > now_ms),
+        }
+    }
+
+    async fn sync_once(&self, startup: bool, timeout: Duration) -> Result<(), LapiError> {
+        let path = if startup {
+            "v1/decisions/stream?startup=true"
+        } else {
+            "v1/decisions/stream?startup=false"
+        };
+        let body = self.get(path, timeout).await?;
+        let (now, _) = now_unix();
+        let current = self.table.load_full();
+        // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
+        // the runtime threads that answer requests.
+        let next = tokio::task::spawn_blocking(move || -> Result<_, LapiError> {
+            let parsed = parse_stream(&body, now)?;
+            let table = if startup {
+                DecisionTable::from_startup(&parsed.delta)
+            } else if parsed.delta.new.is_empty() && parsed.delta.deleted.is_empty() {
+                return Ok((None, parsed.other_scope + parsed.invalid));
+            } else {
+                current.apply(&parsed.delta)
+            };
+            Ok((Some(table), parsed.other_scope + parsed.invalid))
+        })
+        .await
+        .map_err(|e| LapiError::Setup(e.to_string()))??;
+        let (table, skipped) = next;
+        self.metrics.crowdsec_skipped.inc_by(skipped as u64);
+        if let Some(table) = table {
+            self.metrics.set_decisions(&table.counts());
+            self.table.store(Arc::new(table));
+        }
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), LapiError> {
+        let body = self
+            .get(
+                "v1/decisions?ip=127.0.0.1",
+                self.live_timeout.max(Duration::from_secs(2)),
+            )
+            .await?;
+        parse_live(&body, now_unix().0)?;
+        Ok(())
+    }
+}
+
+/// `reqwest` errors hide the useful part (connection refused, timeout) in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

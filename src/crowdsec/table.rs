@@ -1,0 +1,643 @@
+//! The decision table: which IPs and ranges CrowdSec has decided against, and until when.
+//!
+//! Invariants: a lookup is a read of an immutable value (the sync task builds a new table and
+//! swaps it in, so readers never wait for an update); single addresses live in sharded hash
+//! maps that are copied per shard on change, so a small delta copies a few shards, not the
+//! table; ranges stay ranges (CIDRs nest or are disjoint, so they flatten into sorted segments
+//! answered by binary search); every decision expires locally at its own deadline even if the
+//! LAPI never says so.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+/// What CrowdSec decided. Every kind is enforced as a deny; `Ban` wins over the others when
+/// several apply, so logs and metrics show the strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Ban,
+    /// A decision type the gate has no special handling for; counted as a ban.
+    Other,
+    Captcha,
+}
+
+impl Kind {
+    pub fn from_type(t: &str) -> Kind {
+        if t.eq_ignore_ascii_case("ban") {
+            Kind::Ban
+        } else if t.eq_ignore_ascii_case("captcha") {
+            Kind::Captcha
+        } else {
+            Kind::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ban => "ban",
+            Kind::Other => "other",
+            Kind::Captcha => "captcha",
+        }
+    }
+
+    const ALL: [Kind; 3] = [Kind::Ban, Kind::Other, Kind::Captcha];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Expiry per kind in Unix seconds; 0 means none. Merging takes the later expiry of each kind,
+/// which is exactly what "covered by any of these decisions" means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots([u32; 3]);
+
+impl Slots {
+    fn kind(&self, now: u32) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| self.0[k.index()] > now)
+    }
+
+    fn max(self, other: Slots) -> Slots {
+        Slots([
+            self.0[0].max(other.0[0]),
+            self.0[1].max(other.0[1]),
+            self.0[2].max(other.0[2]),
+        ])
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 3]
+    }
+}
+
+/// What a decision applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Ip(IpAddr),
+    Range(IpNet),
+}
+
+/// One decision to add or delete, already parsed and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op {
+    pub target: Target,
+    pub kind: Kind,
+    /// Unix seconds; ignored for deletions.
+    pub until: u32,
+}
+
+/// One answer of the stream endpoint: deletions are applied before additions, so a decision
+/// deleted and re-added within one interval (or a deletion the LAPI repeats) ends up present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub deleted: Vec<Op>,
+    pub new: Vec<Op>,
+}
+
+const SHARDS: usize = 256;
+
+type Map<K> = HashMap<K, Slots, foldhash::fast::RandomState>;
+
+/// Decision counts by kind, for single IPs and for ranges (the decisions gauge).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ip: [u64; 3],
+    pub range: [u64; 3],
+}
+
+impl Counts {
+    /// `(type, scope, count)` rows for the metrics gauge.
+    pub fn rows(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        Kind::ALL.into_iter().flat_map(move |k| {
+            [
+                (k.as_str(), "ip", self.ip[k.index()]),
+                (k.as_str(), "range", self.range[k.index()]),
+            ]
+        })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ip.iter().chain(&self.range).sum()
+    }
+}
+
+#[derive(Clone)]
+pub struct DecisionTable {
+    v4: Box<[Arc<Map<u32>>]>,
+    v6: Box<[Arc<Map<u128>>]>,
+    ranges: Arc<Ranges>,
+    counts: Counts,
+}
+
+#[derive(Clone, Default)]
+struct Ranges {
+    source: HashMap<IpNet, Slots>,
+    v4: Vec<(u32, Slots)>,
+    v6: Vec<(u128, Slots)>,
+}
+
+impl Default for DecisionTable {
+    fn default() -> Self {
+        let hasher = foldhash::fast::RandomState::default();
+        Self {
+            v4: (0..SHARDS)
+                .map(|_| Arc::new(Map::with_hasher(hasher)))
+                .collect(),
+            v6: (0..SHARDS)
+                .map(|_| Arc::new(Map::with_hasher(hasher)))
+                .collect(),
+            ranges: Arc::default(),
+            counts: Counts::default(),
+        }
+    }
+}
+
+fn shard_v4(k: u32) -> usize {
+    (k.wrapping_mul(0x9E37_79B9) >> 24) as usize
+}
+
+fn shard_v6(k: u128) -> usize {
+    let folded = (k as u64) ^ ((k >> 64) as u64);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+}
+
+impl DecisionTable {
+    /// A table holding exactly the decisions of a startup stream.
+    pub fn from_startup(delta: &Delta) -> Self {
+        let mut t = Self::default();
+        t.apply_in_place(delta);
+        t
+    }
+
+    /// The strongest live decision covering `ip` at `now` (Unix seconds). `ip` must be canonical.
+    #[inline]
+    pub fn lookup(&self, ip: IpAddr, now: u32) -> Option<Kind> {
+        let single = match ip {
+            IpAddr::V4(a) => {
+                let k = u32::from(a);
+                self.v4[shard_v4(k)].get(&k).copied()
+            }
+            IpAddr::V6(a) => {
+                let k = u128::from(a);
+                self.v6[shard_v6(k)].get(&k).copied()
+            }
+        };
+        let range = self.ranges.lookup(ip);
+        match (single, range) {
+            (None, None) => None,
+            (Some(s), None) | (None, Some(s)) => s.kind(now),
+            (Some(a), Some(b)) => a.max(b).kind(now),
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// A new table with `delta` applied; `self` is untouched, and shards the delta does not
+    /// touch are shared between the two.
+    pub fn apply(&self, delta: &Delta) -> Self {
+        let mut t = self.clone();
+        t.apply_in_place(delta);
+        t
+    }
+
+    fn apply_in_place(&mut self, delta: &Delta) {
+        let mut ranges: Option<Ranges> = None;
+        for (op, add) in delta
+            .deleted
+            .iter()
+            .map(|op| (op, false))
+            .chain(delta.new.iter().map(|op| (op, true)))
+        {
+            let i = op.kind.index();
+            match op.target {
+                Target::Ip(IpAddr::V4(a)) => {
+                    let k = u32::from(a);
+                    let map = Arc::make_mut(&mut self.v4[shard_v4(k)]);
+                    update(map, k, i, add, op.until, &mut self.counts.ip[i]);
+                }
+                Target::Ip(IpAddr::V6(a)) => {
+                    let k = u128::from(a);
+                    let map = Arc::make_mut(&mut self.v6[shard_v6(k)]);
+                    update(map, k, i, add, op.until, &mut self.counts.ip[i]);
+                }
+                Target::Range(net) => {
+                    let r = ranges.get_or_insert_with(|| (*self.ranges).clone());
+                    update(
+                        &mut r.source,
+                        net,
+                        i,
+                        add,
+                        op.until,
+                        &mut self.counts.range[i],
+                    );
+                }
+            }
+        }
+        if let Some(mut r) = ranges {
+            r.rebuild();
+            self.ranges = Arc::new(r);
+        }
+    }
+
+    /// Drops every decision that has expired at `now`; `None` when nothing expired (the common
+    /// case), so an unchanged table is not copied.
+    pub fn sweep(&self, now: u32) -> Option<Self> {
+        let mut t = self.clone();
+        let mut changed = false;
+        for shard in t.v4.iter_mut() {
+            changed |= sweep_map(shard, now, &mut t.counts.ip);
+        }
+        for shard in t.v6.iter_mut() {
+            changed |= sweep_map(shard, now, &mut t.counts.ip);
+        }
+        let mut ranges = t.ranges.clone();
+        if sweep_map(&mut ranges, now, &mut t.counts.range) {
+            changed = true;
+        }
+        // `sweep_map` on the Arc<Ranges> only looked at its source map; rebuild the segments.
+        if !Arc::ptr_eq(&ranges, &t.ranges) {
+            Arc::make_mut(&mut ranges).rebuild();
+            t.ranges = ranges;
+        }
+        changed.then_some(t)
+    }
+}
+
+fn update<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, Slots, S>,
+    key: K,
+    i: usize,
+    add: bool,
+    until: u32,
+    count: &mut u64,
+) {
+    if add {
+        let slots = map.entry(key).or_default();
+        if slots.0[i] == 0 {
+            *count += 1;
+        }
+        slots.0[i] = slots.0[i].max(until);
+    } else if let Some(slots) = map.get_mut(&key) {
+        if slots.0[i] != 0 {
+            slots.0[i] = 0;
+            *count = count.saturating_sub(1);
+        }
+        if slots.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Something holding a map of slots that a sweep can clear expired entries from.
+trait Sweepable {
+    fn has_expired(&self, now: u32) -> bool;
+    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]);
+}
+
+impl<K: std::hash::Hash + Eq + Clone, S: std::hash::BuildHasher + Clone> Sweepable
+    for HashMap<K, Slots, S>
+{
+    fn has_expired(&self, now: u32) -> bool {
+        self.values()
+            .any(|s| s.0.iter().any(|&u| u != 0 && u <= now))
+    }
+
+    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]) {
+        self.retain(|_, s| {
+            for (i, u) in s.0.iter_mut().enumerate() {
+                if *u != 0 && *u <= now {
+                    *u = 0;
+                    counts[i] = counts[i].saturating_sub(1);
+                }
+            }
+            !s.is_empty()
+        });
+    }
+}
+
+impl Sweepable for Ranges {
+    fn has_expired(&self, now: u32) -> bool {
+        self.source.has_expired(now)
+    }
+
+    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]) {
+        self.source.clear_expired(now, counts);
+    }
+}
+
+fn sweep_map<T: Sweepable + Clone>(arc: &mut Arc<T>, now: u32, counts: &mut [u64; 3]) -> bool {
+    if !arc.has_expired(now) {
+        return false;
+    }
+    Arc::make_mut(arc).clear_expired(now, counts);
+    true
+}
+
+/// An address family as an ordered integer, for flattening nested ranges.
+trait Addr: Copy + Ord + Default {
+    fn succ(self) -> Option<Self>;
+}
+
+impl Addr for u32 {
+    fn succ(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+impl Addr for u128 {
+    fn succ(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+impl Ranges {
+    fn rebuild(&mut self) {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (net, slots) in &self.source {
+            match net {
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()), *slots)),
+                IpNet::V6(n) => {
+                    v6.push((u128::from(n.network()), u128::from(n.broadcast()), *slots))
+                }
+            }
+        }
+        self.v4 = flatten(v4);
+        self.v6 = flatten(v6);
+    }
+
+    #[inline]
+    fn lookup(&self, ip: IpAddr) -> Option<Slots> {
+        match ip {
+            IpAddr::V4(a) => find(&self.v4, u32::from(a)),
+            IpAddr::V6(a) => find(&self.v6, u128::from(a)),
+        }
+    }
+}
+
+#[inline]
+fn find<A: Addr>(segments: &[(A, Slots)], ip: A) -> Option<Slots> {
+    if segments.is_empty() {
+        return None;
+    }
+    let idx = segments.partition_point(|(start, _)| *start <= ip);
+    let slots = segments.get(idx.checked_sub(1)?)?.1;
+    (!slots.is_empty()).then_some(slots)
+}
+
+/// Turns nested-or-disjoint ranges `(first, last, slots)` into sorted segment starts, each
+/// holding the merged slots of every range covering it (empty slots for gaps).
+fn flatten<A: Addr>(mut ranges: Vec<(A, A, Slots)>) -> Vec<(A, Slots)> {
+    // Start ascending; at equal starts the wider range first, so it is the parent on the stack.
+    ranges.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut out: Vec<(A, Slots)> = Vec::with_capacity(ranges.len() * 2);
+    let mut stack: Vec<(A, Slots)> = Vec::new();
+    fn emit<A: Addr>(out: &mut Vec<(A, Slots)>, at: A, slots: Slots) {
+        if let Some(last) = out.last_mut() {
+            if last.0 == at {
+                last.1 = slots;
+                return;
+            }
+            if last.1 == slots {
+                return;
+            }
+        }
+        out.push((at, slots));
+    }
+    fn close<A: Addr>(out: &mut Vec<(A, Slots)>, stack: &mut Vec<(A, Slots)>) {
+        if let Some((end, _)) = stack.pop() {
+            let below = stack.last().map(|t| t.1).unwrap_or_default();
+            if let Some(next) = end.succ() {
+                emit(out, next, below);
+            }
+        }
+    }
+    for (first, last, slots) in ranges {
+        while stack.last().is_some_and(|&(end, _)| end < first) {
+            close(&mut out, &mut stack);
+        }
+        let merged = stack.last().map_or(slots, |t| t.1.max(slots));
+        emit(&mut out, first, merged);
+        stack.push((last, merged));
+    }
+    while !stack.is_empty() {
+        close(&mut out, &mut stack);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u32 = 1_000_000;
+
+    fn op(target: &str, kind: Kind, ttl: u32) -> Op {
+        let target = match target.parse::<IpAddr>() {
+            Ok(ip) => Target::Ip(ip),
+            Err(_) => Target::Range(target.parse().unwrap()),
+        };
+        Op {
+            target,
+            kind,
+            until: NOW + ttl,
+        }
+    }
+
+    fn lookup(t: &DecisionTable, ip: &str) -> Option<Kind> {
+        t.lookup(ip.parse().unwrap(), NOW)
+    }
+
+    #[test]
+    fn ips_ranges_and_kinds() {
+        let t = DecisionTable::from_startup(&Delta {
+            deleted: vec![],
+            new: vec![
+                op("1.2.3.4", Kind::Ban, 60),
+                op("10.0.0.0/24", Kind::Ban, 60),
+                op("2001:db8::1", Kind::Ban, 60),
+                op("2001:db8:1::/48", Kind::Ban, 60),
+                op("5.5.5.5", Kind::Captcha, 60),
+                op("5.5.5.5", Kind::Ban, 60),
+                op("6.6.6.6", Kind::Captcha, 60),
+                op("7.7.7.7", Kind::Other, 60),
+            ],
+        });
+        assert_eq!(lookup(&t, "1.2.3.4"), Some(Kind::Ban));
+        assert_eq!(lookup(&t, "1.2.3.5"), None);
+        assert_eq!(lookup(&t, "10.0.0.0"), Some(Kind::Ban));
+        assert_eq!(lookup(&t, "10.0.0.77"), Some(Kind::Ban));
+        assert_eq!(lookup(&t, "10.0.0.255"), Some(Kind::Ban));
+        assert_eq!(lookup(&t, "10.0.1.0"), None);
+        assert_eq!(lookup(&t, "9.255.255.255"), None);
+        assert_eq!(lookup(&t, "2001:db8::1"), Some(Kind::Ban));
+        assert_eq!(lookup(&t, "2001:db8::2"), None);
+        assert_eq!(lookup(&t, "2001:db8:1:ffff::9"), Some(Kind::Ban));
+        assert_eq!(
+            lookup(&t, "5.5.5.5"),
+            Some(Kind::Ban),
+            "ban wins over captcha"
+        );
+        assert_eq!(lookup(&t, "6.6.6.6"), Some(Kind::Captcha));
+        assert_eq!(lookup(&t, "7.7.7.7"), Some(Kind::Other));
+        let c = t.counts();
+        assert_eq!(c.total(), 8);
+        assert_eq!(c.ip[Kind::Ban.index()], 3);
+        assert_eq!(c.range[Kind::Ban.index()], 2);
+    }
+
+    #[test]
+    fn deletions_are_idempotent_and_precede_additions() {
+        let t = DecisionTable::from_startup(&Delta {
+            deleted: vec![],
+            new: vec![
+                op("1.2.3.4", Kind::Ban, 60),
+                op("10.0.0.0/24", Kind::Ban, 60),
+            ],
+        });
+        let del = Delta {
+            deleted: vec![op("1.2.3.4", Kind::Ban, 0), op("10.0.0.0/24", Kind::Ban, 0)],
+            new: vec![],
+        };
+        let t2 = t.apply(&del);
+        assert_eq!(lookup(&t2, "1.2.3.4"), None);
+        assert_eq!(lookup(&t2, "10.0.0.1"), None);
+        assert_eq!(
+            lookup(&t, "1.2.3.4"),
+            Some(Kind::Ban),
+            "the old table is untouched"
+        );
+        let t3 = t2.apply(&del);
+        assert_eq!(t3.counts().total(), 0);
+        // A deletion repeated in the same delta as a re-add leaves the decision present.
+        let t4 = t3.apply(&Delta {
+            deleted: vec![op("1.2.3.4", Kind::Ban, 0)],
+            new: vec![op("1.2.3.4", Kind::Ban, 60)],
+        });
+        assert_eq!(lookup(&t4, "1.2.3.4"), Some(Kind::Ban));
+        // Deleting the captcha of an IP keeps its ban.
+        let t5 = t4
+            .apply(&Delta {
+                deleted: vec![],
+                new: vec![op("1.2.3.4", Kind::Captcha, 60)],
+            })
+            .apply(&Delta {
+                deleted: vec![op("1.2.3.4", Kind::Captcha, 0)],
+                new: vec![],
+            });
+        assert_eq!(lookup(&t5, "1.2.3.4"), Some(Kind::Ban));
+        assert_eq!(t5.counts().total(), 1);
+    }
+
+    #[test]
+    fn local_expiry_and_sweep() {
+        let t = DecisionTable::from_startup(&Delta {
+            deleted: vec![],
+            new: vec![
+                op("1.2.3.4", Kind::Ban, 10),
+                op("1.2.3.5", Kind::Ban, 100),
+                op("10.0.0.0/8", Kind::Ban, 10),
+            ],
+        });
+        assert_eq!(
+            t.lookup("1.2.3.4".parse().unwrap(), NOW + 9),
+            Some(Kind::Ban)
+        );
+        assert_eq!(t.lookup("1.2.3.4".parse().unwrap(), NOW + 10), None);
+        assert_eq!(t.lookup("10.1.1.1".parse().unwrap(), NOW + 10), None);
+        assert!(t.sweep(NOW + 5).is_none(), "nothing expired yet");
+        let swept = t.sweep(NOW + 10).expect("two decisions expired");
+        assert_eq!(swept.counts().total(), 1);
+        assert_eq!(
+            swept.lookup("1.2.3.5".parse().unwrap(), NOW + 10),
+            Some(Kind::Ban)
+        );
+    }
+
+    #[test]
+    fn nested_ranges_flatten() {
+        let t = DecisionTable::from_startup(&Delta {
+            deleted: vec![],
+            new: vec![
+                op("10.0.0.0/8", Kind::Captcha, 60),
+                op("10.1.0.0/16", Kind::Ban, 60),
+                op("10.1.2.0/24", Kind::Captcha, 60),
+                op("10.255.255.0/24", Kind::Ban, 60),
+                op("0.0.0.0/0", Kind::Other, 5),
+                op("255.255.255.255/32", Kind::Ban, 60),
+            ],
+        });
+        assert_eq!(lookup(&t, "10.0.0.1"), Some(Kind::Other));
+        assert_eq!(
+            t.lookup("10.0.0.1".parse().unwrap(), NOW + 6),
+            Some(Kind::Captcha)
+        );
+        assert_eq!(
+            t.lookup("10.1.2.3".parse().unwrap(), NOW + 6),
+            Some(Kind::Ban)
+        );
+        assert_eq!(
+            t.lookup("10.1.3.3".parse().unwrap(), NOW + 6),
+            Some(Kind::Ban)
+        );
+        assert_eq!(
+            t.lookup("10.2.0.0".parse().unwrap(), NOW + 6),
+            Some(Kind::Captcha)
+        );
+        assert_eq!(
+            t.lookup("10.255.255.9".parse().unwrap(), NOW + 6),
+            Some(Kind::Ban)
+        );
+        assert_eq!(t.lookup("11.0.0.0".parse().unwrap(), NOW + 6), None);
+        assert_eq!(
+            t.lookup("255.255.255.255".parse().unwrap(), NOW + 6),
+            Some(Kind::Ban)
+        );
+        assert_eq!(t.lookup("255.255.255.254".parse().unwrap(), NOW + 6), None);
+    }
+
+    #[test]
+    fn flatten_matches_brute_force() {
+        // Random nested or disjoint CIDRs over a small space, checked address by address.
+        let mut seed = 0x1234_5678_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50 {
+            let mut ranges = HashMap::new();
+            for _ in 0..(next() % 12) {
+                let len = 24 + (next() % 9) as u8;
+                let addr = std::net::Ipv4Addr::from(0x0A00_0000 | (next() as u32 & 0xFF));
+                let net = ipnet::Ipv4Net::new(addr, len).unwrap().trunc();
+                let mut s = Slots::default();
+                s.0[(next() % 3) as usize] = NOW + 1 + (next() % 5) as u32;
+                let e: &mut Slots = ranges.entry(IpNet::V4(net)).or_default();
+                *e = e.max(s);
+            }
+            let r = {
+                let mut r = Ranges {
+                    source: ranges.clone(),
+                    ..Ranges::default()
+                };
+                r.rebuild();
+                r
+            };
+            for a in 0x0A00_0000u32 - 2..=0x0A00_0101 {
+                let ip = IpAddr::V4(a.into());
+                let want = ranges
+                    .iter()
+                    .filter(|(n, _)| n.contains(&ip))
+                    .fold(Slots::default(), |acc, (_, s)| acc.max(*s));
+                let got = r.lookup(ip).unwrap_or_default();
+                assert_eq!(got, want, "{ip} in {ranges:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Route policy: `[[rules]]` matched by host, path prefix and method, first match wins.
+//!
+//! Invariant: the path a rule sees is the one the upstream will serve — query and fragment
+//! dropped, percent-decoded, `//` merged, `.`/`..` resolved, in that order — and any path that
+//! could be read two ways (`%2F`, `%5C`, `%00`, `\`, bad escapes, invalid UTF-8, escaping `/`) is
+//! refused instead of guessed at.
+
+use std::borrow::Cow;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Public,
+    Login,
+    Deny,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Public => "public",
+            Policy::Login => "login",
+            Policy::Deny => "deny",
+        }
+    }
+}
+
+/// A rule's host: exact, or `*.example.com` (stored as `.example.com`, so the match is always on
+/// a label boundary and never matches `example.com` itself or `evilexample.com`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Subdomains(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
+        let (pattern, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (HostPattern::Subdomains(format!(".{rest}")), rest),
+            None => (HostPattern::Exact(lower.to_owned()), lower),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if valid {
+            Ok(pattern)
+        } else {
+            Err(format!(
+                "not a host name or *.domain pattern (no port, no scheme): {text:?}"
+            ))
+        }
+    }
+
+    /// `host` must already be normalised by [`normalize_host`].
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Subdomains(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// A normalised path prefix without a trailing `/` (except the root itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPrefix(String);
+
+impl PathPrefix {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') || text.contains(['?', '#']) {
+            return Err(format!(
+                "must be a path starting with / (no query or fragment): {text:?}"
+            ));
+        }
+        let normal = normalize_path(text.as_bytes())
+            .map_err(|e| format!("invalid path prefix {text:?}: {e}"))?;
+        let trimmed = normal.trim_end_matches('/');
+        Ok(PathPrefix(if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Segment-prefix match: `/admin` matches `/admin` and `/admin/x`, not `/administrator`.
+    pub fn matches(&self, path: &str) -> bool {
+        let p = self.0.as_str();
+        if p == "/" {
+            return true;
+        }
+        match path.strip_prefix(p) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub host: Option<HostPattern>,
+    pub path_prefix: Option<PathPrefix>,
+    /// Upper-case method names; empty matches every method.
+    pub methods: Vec<String>,
+    pub policy: Policy,
+}
+
+impl Rule {
+    fn matches(&self, method: &str, host: &str, path: &str) -> bool {
+        self.host.as_ref().is_none_or(|h| h.matches(host))
+            && self.path_prefix.as_ref().is_none_or(|p| p.matches(path))
+            && (self.methods.is_empty()
+                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    }
+}
+
+/// The ordered rule list and the policy for requests no rule matches.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    fallback: Policy,
+}
+
+impl Rules {
+    /// `login_available`: with a provider configured, unmatched routes need a login; without
+    /// one they are public.
+    pub fn new(rules: Vec<Rule>, login_available: bool) -> Self {
+        Self {
+            rules,
+            fallback: if login_available {
+                Policy::Login
+            } else {
+                Policy::Public
+            },
+        }
+    }
+
+    /// Whether any rule looks at the path (if none does, a request's path is still validated).
+    pub fn policy(&self, method: &str, host: &str, path: &str) -> Policy {
+        self.rules
+            .iter()
+            .find(|r| r.matches(method, host, path))
+            .map_or(self.fallback, |r| r.policy)
+    }
+}
+
+/// Lower-cases a Host value and drops its port and one trailing dot. IPv6 literals keep their
+/// brackets (`[::1]`).
+pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let without_port = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            _ => raw,
+        }
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+/// Why a request path was refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path does not start with /")]
+    NotAbsolute,
+    #[error("bad percent-escape")]
+    BadEscape,
+    #[error("encoded /, \\ or NUL")]
+    EncodedSeparator,
+    #[error("backslash in path")]
+    Backslash,
+    #[error("path is not UTF-8 after decoding")]
+    NotUtf8,
+    #[error("path escapes /")]
+    Escapes,
+}
+
+/// Normalises the path of a request target as SPEC step 4 says. Borrows when nothing changes,
+/// which is the common case on the hot path.
+pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
+    let end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let raw = &target[..end];
+    if raw.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if raw.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    let needs_work = raw.contains(&b'%') || raw.windows(2).any(|w| w == b"//" || w == b"/.");
+    if !needs_work {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| PathError::NotUtf8);
+    }
+
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let hi = raw.get(i + 1).and_then(|c| hex(*c));
+            let lo = raw.get(i + 2).and_then(|c| hex(*c));
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEscape);
+            };
+            let byte = hi << 4 | lo;
+            if matches!(byte, b'/' | b'\\' | 0) {
+                return Err(PathError::EncodedSeparator);
+            }
+            decoded.push(byte);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
+
+    // Split on '/', skipping empty segments (merges "//"), then resolve dot segments. A
+    // trailing '/' (or a trailing dot segment) is kept, as the upstream would see it.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (idx, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" => {
+                if idx == last {
+                    trailing_slash = true;
+                }
+            }
+            "." => trailing_slash = idx == last,
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::Escapes);
+                }
+                trailing_slash = idx == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    if path.is_empty() || trailing_slash {
+        path.push('/');
+    }
+    Ok(Cow::Owned(path))
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_path(input: &str, want: Result<&str, PathError>) {
+        let got = normalize_path(input.as_bytes());
+        assert_eq!(got.as_deref().map_err(|e| *e), want, "{input:?}");
+    }
+
+    #[test]
+    fn paths() {
+        use PathError::*;
+        let table: &[(&str, Result<&str, PathError>)] = &[
+            ("/", Ok("/")),
+            ("/admin", Ok("/admin")),
+            ("/admin/", Ok("/admin/")),
+            ("/admin?x=/../y", Ok("/admin")),
+            ("/admin#frag", Ok("/admin")),
+            ("//admin", Ok("/admin")),
+            ("/a//b///c", Ok("/a/b/c")),
+            ("/a/./b", Ok("/a/b")),
+            ("/a/b/..", Ok("/a/")),
+            ("/a/b/../c", Ok("/a/c")),
+            ("/public/../admin", Ok("/admin")),
+            ("/public/%2e%2e/admin", Ok("/admin")),
+            ("/public/%2E%2E/admin", Ok("/admin")),
+            ("/%61dmin", Ok("/admin")),
+            ("/caf%C3%A9", Ok("/café")),
+            ("/.", Ok("/")),
+            ("/a/.", Ok("/a/")),
+            ("/..", Err(Escapes)),
+            ("/a/../..", Err(Escapes)),
+            ("/%2e%2e/x", Err(Escapes)),
+            ("/a%2Fb", Err(EncodedSeparator)),
+            ("/a%2fb", Err(EncodedSeparator)),
+            ("/a%5Cb", Err(EncodedSeparator)),
+            ("/a%00b", Err(EncodedSeparator)),
+            ("/a%zz", Err(BadEscape)),
+            ("/a%4", Err(BadEscape)),
+            ("/a%", Err(BadEscape)),
+            ("/a%FF", Err(NotUtf8)),
+            ("/a\\b", Err(Backslash)),
+            ("", Err(NotAbsolute)),
+            ("admin", Err(NotAbsolute)),
+            ("http://x/admin", Err(NotAbsolute)),
+            ("?x", Err(NotAbsolute)),
+        ];
+        for (input, want) in table {
+            check_path(input, *want);
+        }
+        assert_eq!(normalize_path(b"/a\xff"), Err(NotUtf8));
+        // Double encoding decodes once, as the upstream does: %252F is the text "%2F".
+        check_path("/a%252Fb", Ok("/a%2Fb"));
+    }
+
+    #[test]
+    fn hosts() {
+        for (raw, want) in [
+            ("Example.COM", "example.com"),
+            ("example.com:8443", "example.com"),
+            ("example.com.", "example.com"),
+            ("example.com.:443", "example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("a:b", "a:b"),
+        ] {
+            assert_eq!(normalize_host(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let wild = HostPattern::parse("*.Example.com").unwrap();
+        assert!(wild.matches("a.example.com"));
+        assert!(wild.matches("a.b.example.com"));
+        assert!(!wild.matches("example.com"));
+        assert!(!wild.matches("evilexample.com"));
+        assert!(!wild.matches("example.com.evil.com"));
+        let exact = HostPattern::parse("status.example.com.").unwrap();
+        assert!(exact.matches("status.example.com"));
+        assert!(!exact.matches("x.status.example.com"));
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a..b",
+            "example.com:443",
+            "https://x",
+            "a*.b",
+            "*.*.b",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let admin = PathPrefix::parse("/admin/").unwrap();
+        assert_eq!(admin.as_str(), "/admin");
+        assert!(admin.matches("/admin"));
+        assert!(admin.matches("/admin/"));
+        assert!(admin.matches("/admin/x"));
+        assert!(!admin.matches("/administrator"));
+        assert!(!admin.matches("/Admin"));
+        assert!(PathPrefix::parse("/").unwrap().matches("/anything"));
+        assert!(PathPrefix::parse("admin").is_err());
+        assert!(PathPrefix::parse("/a?b").is_err());
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let rule = |host: Option<&str>, path: Option<&str>, methods: &[&str], policy| Rule {
+            host: host.map(|h| HostPattern::parse(h).unwrap()),
+            path_prefix: path.map(|p| PathPrefix::parse(p).unwrap()),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            policy,
+        };
+        let rules = Rules::new(
+            vec![
+                rule(Some("status.example.com"), None, &[], Policy::Public),
+                rule(None, Some("/admin"), &["POST"], Policy::Deny),
+                rule(Some("*.example.com"), Some("/api"), &[], Policy::Login),
+                rule(None, Some("/admin"), &[], Policy::Public),
+            ],
+            true,
+        );
+        assert_eq!(
+            rules.policy("GET", "status.example.com", "/admin"),
+            Policy::Public
+        );
+        assert_eq!(
+            rules.policy("POST", "app.example.com", "/admin/x"),
+            Policy::Deny
+        );
+        assert_eq!(
+            rules.policy("post", "app.example.com", "/admin"),
+            Policy::Deny
+        );
+        assert_eq!(
+            rules.policy("GET", "app.example.com", "/admin"),
+            Policy::Public
+        );
+        assert_eq!(
+            rules.policy("GET", "app.example.com", "/api/v1"),
+            Policy::Login
+        );
+        assert_eq!(rules.policy("GET", "example.com", "/api"), Policy::Login);
+        assert_eq!(rules.policy("GET", "other.org", "/"), Policy::Login);
+        let open = Rules::new(Vec::new(), false);
+        assert_eq!(open.policy("GET", "x", "/"), Policy::Public);
+    }
+}

@@ -1,0 +1,154 @@
+//! Start-up and the accept loop: builds the [`App`] from a [`Config`], starts the CrowdSec
+//! sync and the limiter cleanup, serves HTTP/1.1 until SIGTERM/SIGINT, then drains.
+//!
+//! Invariants: at most `server.max_connections` connections are served at once (more wait in
+//! the kernel's backlog); a client that does not finish its request head within
+//! `header_read_timeout` is disconnected; on shutdown the listener closes first and in-flight
+//! requests finish (up to a bound) before the process exits.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::client_ip::TrustedProxies;
+use crate::config::Config;
+use crate::crowdsec::lapi::Bouncer;
+use crate::http::App;
+use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
+use crate::rules::Rules;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle rate-limit buckets are dropped.
+const LIMITER_CLEANUP: Duration = Duration::from_secs(10);
+
+/// Builds the shared application state from a validated config.
+pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
+    let metrics = Arc::new(Metrics::new());
+    let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
+    Ok(Arc::new(App {
+        trusted: TrustedProxies::new(&config.server.trusted_proxies),
+        rules: Rules::new(config.rules.clone(), config.auth.provider.is_some()),
+        limiter: Limiter::new(&config.rate_limit),
+        bouncer,
+        metrics,
+        max_header_bytes: config.server.max_header_bytes,
+    }))
+}
+
+/// Runs the gate until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let app = build_app(&config)?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    if let Some(b) = &app.bouncer {
+        tokio::spawn(b.clone().run(config.crowdsec.timeout));
+    }
+    if app.limiter.enabled() {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LIMITER_CLEANUP);
+            loop {
+                tick.tick().await;
+                app.limiter.cleanup();
+            }
+        });
+    }
+    info!(listen = %listener.local_addr()?, "jacker-gate serving");
+    serve(listener, app, &config, shutdown).await;
+    info!("jacker-gate stopped");
+    Ok(())
+}
+
+/// The accept loop; returns once `shutdown` has resolved and connections have drained.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .keep_alive(true)
+        // hyper answers 431 itself when a request head outgrows its buffer; leave room for
+        // the request line and separators beyond the names and values we count.
+        .max_buf_size((config.server.max_header_bytes + 8192).max(8192));
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let peer_ip = peer.ip();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req, peer_ip).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("drain timed out; closing remaining connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
