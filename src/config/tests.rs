@@ -1,1 +1,301 @@
-//! Unit tests of config loading.
+//! Unit tests of config loading: defaults, round trips, environment overrides, and that every
+//! problem is reported with its key.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn errors(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match parse(text, &env(vars)) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn assert_has(errs: &[String], needle: &str) {
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "no error containing {needle:?} in {errs:#?}"
+    );
+}
+
+#[test]
+fn empty_is_the_documented_defaults() {
+    let c = parse("", &[]).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.rate_limit.per_second, 50);
+    assert_eq!(c.rate_limit.burst, 100);
+    assert!(!c.crowdsec.enabled());
+    assert!(c.auth.provider.is_none());
+    assert_eq!(c.session.store, StoreKind::Memory);
+}
+
+#[test]
+fn printed_config_loads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bouncer_key");
+    std::fs::write(&key, "s3cr3t-bouncer-key\n").unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "0.0.0.0:9090"
+public_url = "https://auth.example.com"
+trusted_proxies = ["192.168.71.0/24", "::ffff:10.0.0.0/104"]
+max_header_bytes = 16384
+header_read_timeout = "5s"
+max_connections = 500
+
+[crowdsec]
+lapi_url = "http://crowdsec:8080"
+api_key_file = "{key}"
+mode = "live"
+update_interval = "1m30s"
+fail_closed = true
+max_staleness = "10m"
+
+[rate_limit]
+per_second = 0
+burst = 7
+key = "user"
+ipv6_prefix = 56
+exempt = ["10.0.0.0/8", "2001:db8::/32"]
+
+[session]
+cookie_domains = [".Example.com"]
+lifetime = "12h"
+
+[[rules]]
+host = "*.example.com"
+path_prefix = "/admin/"
+methods = ["post", "DELETE"]
+policy = "deny"
+
+[[rules]]
+policy = "public"
+
+[log]
+format = "text"
+level = "debug"
+"#,
+        key = key.display()
+    );
+    let c = parse(&text, &[]).unwrap();
+    assert_eq!(
+        c.crowdsec.api_key_file.as_ref().unwrap().expose(),
+        "s3cr3t-bouncer-key"
+    );
+    assert_eq!(c.server.trusted_proxies[1].to_string(), "10.0.0.0/8");
+    assert_eq!(c.rules[0].methods, ["POST", "DELETE"]);
+    let printed = c.to_toml();
+    assert!(!printed.contains("s3cr3t"), "secret leaked:\n{printed}");
+    assert!(printed.contains(&key.display().to_string()));
+    assert!(printed.contains("update_interval = \"1m30s\""), "{printed}");
+    let again = parse(&printed, &[]).unwrap();
+    assert_eq!(again, c);
+    // Defaults print and load back too, with unset optional keys left out.
+    let d = Config::default().to_toml();
+    assert!(!d.contains("lapi_url"));
+    assert_eq!(parse(&d, &[]).unwrap(), Config::default());
+    // Debug output never holds the secret either.
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key() {
+    let errs = errors(
+        r#"
+[server]
+listen = "nope"
+trusted_proxies = ["10.0.0.0/8", "bogus"]
+colour = "blue"
+
+[crowdsec]
+lapi_url = "ftp://x"
+mode = "batch"
+update_interval = "soon"
+
+[rate_limit]
+per_second = -1
+ipv6_prefix = 200
+key = "cookie"
+
+[session]
+store = "redis"
+cookie_secret_file = "/nonexistent/secret"
+cookie_secure = "yes"
+
+[log]
+format = "xml"
+
+[[rules]]
+host = "https://example.com"
+policy = "allow"
+
+[[rules]]
+path_prefix = "/x"
+
+[[rules]]
+policy = "login"
+
+[extra]
+a = 1
+"#,
+        &[],
+    );
+    for key in [
+        "server.listen",
+        "server.trusted_proxies: not an IP address or CIDR: bogus",
+        "server.colour: unknown key",
+        "crowdsec.lapi_url",
+        "crowdsec.mode",
+        "crowdsec.update_interval",
+        "rate_limit.per_second",
+        "rate_limit.ipv6_prefix",
+        "rate_limit.key",
+        "session.redis_url: required",
+        "session.cookie_secret_file: cannot read secret file /nonexistent/secret",
+        "session.cookie_secure",
+        "log.format",
+        "rules[0].host",
+        "rules[0].policy",
+        "rules[1].policy: required",
+        "rules[2].policy: \"login\" needs an [auth] provider",
+        "extra: unknown section",
+    ] {
+        assert_has(&errs, key);
+    }
+    assert_eq!(errs.len(), 18, "{errs:#?}");
+}
+
+#[test]
+fn syntax_errors_are_reported() {
+    assert_has(&errors("[server\nlisten=1", &[]), "invalid TOML");
+}
+
+#[test]
+fn crowdsec_needs_a_key_file_and_login_is_not_available_yet() {
+    let errs = errors("[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\n", &[]);
+    assert_has(&errs, "crowdsec.api_key_file: required");
+    let errs = errors("[auth]\nprovider = \"google\"\n", &[]);
+    assert_has(&errs, "auth.provider: login is not available");
+    let errs = errors("[crowdsec]\nupdate_interval = \"10m\"\n", &[]);
+    assert_has(&errs, "crowdsec.max_staleness: must be at least");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let c = parse(
+        "[rate_limit]\nper_second = 5\n",
+        &env(&[
+            ("JACKER_GATE_RATE_LIMIT__PER_SECOND", "20"),
+            ("JACKER_GATE_RATE_LIMIT__EXEMPT", r#"["10.0.0.0/8","::1"]"#),
+            ("JACKER_GATE_SERVER__LISTEN", "0.0.0.0:8080"),
+            ("JACKER_GATE_CROWDSEC__FAIL_CLOSED", "true"),
+            ("JACKER_GATE_SESSION__LIFETIME", "1d"),
+            ("JACKER_GATE_CONFIG", "/ignored/here.toml"),
+            ("PATH", "/usr/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.rate_limit.per_second, 20);
+    assert_eq!(c.rate_limit.exempt.len(), 2);
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert!(c.crowdsec.fail_closed);
+    assert_eq!(c.session.lifetime, Duration::from_secs(86_400));
+}
+
+#[test]
+fn environment_errors_name_the_variable() {
+    let errs = errors(
+        "",
+        &[
+            ("JACKER_GATE_AUTH__CLIENT_SECRET", "hunter2"),
+            ("JACKER_GATE_RULES__POLICY", "public"),
+            ("JACKER_GATE_NOPE__X", "1"),
+            ("JACKER_GATE_LOGLEVEL", "debug"),
+            ("JACKER_GATE_RATE_LIMIT__BURST", "many"),
+            ("JACKER_GATE_RATE_LIMIT__EXEMPT", "10.0.0.0/8"),
+        ],
+    );
+    assert_has(
+        &errs,
+        "auth.client_secret (from JACKER_GATE_AUTH__CLIENT_SECRET): unknown key",
+    );
+    assert_has(
+        &errs,
+        "JACKER_GATE_RULES__POLICY: [[rules]] come only from the config file",
+    );
+    assert_has(&errs, "JACKER_GATE_NOPE__X: unknown config key nope.x");
+    assert_has(&errs, "JACKER_GATE_LOGLEVEL: not a config key");
+    assert_has(
+        &errs,
+        "rate_limit.burst (from JACKER_GATE_RATE_LIMIT__BURST): expected an integer",
+    );
+    assert_has(
+        &errs,
+        "rate_limit.exempt (from JACKER_GATE_RATE_LIMIT__EXEMPT): expected a TOML list",
+    );
+    assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
+}
+
+#[test]
+fn cookie_secrets() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let bytes = [0xfbu8; 32];
+    assert_eq!(
+        decode_cookie_secret(&STANDARD.encode(bytes)).unwrap(),
+        bytes
+    );
+    assert_eq!(
+        decode_cookie_secret(&URL_SAFE_NO_PAD.encode(bytes)).unwrap(),
+        bytes
+    );
+    assert!(decode_cookie_secret(&STANDARD.encode([1u8; 31]))
+        .unwrap_err()
+        .contains("31 bytes"));
+    assert!(decode_cookie_secret("not base64!!").is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, STANDARD.encode([1u8; 16])).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let errs = errors(
+        &format!(
+            "[session]\ncookie_secret_file = \"{}\"\nredis_password_file = \"{}\"\n",
+            short.display(),
+            empty.display()
+        ),
+        &[],
+    );
+    assert_has(&errs, "session.cookie_secret_file: holds 16 bytes");
+    assert_has(&errs, "session.redis_password_file: secret file");
+    assert_has(&errs, "is empty");
+}
+
+#[test]
+fn redis_url_must_not_carry_a_password() {
+    let errs = errors(
+        "[session]\nstore = \"redis\"\nredis_url = \"redis://gate:hunter2@redis:6379/0\"\n",
+        &[],
+    );
+    assert_has(&errs, "session.redis_url: must not hold a password");
+    assert!(!errs.iter().any(|e| e.contains("hunter2")));
+}
+
+#[test]
+fn locate_follows_flag_then_env() {
+    let e = env(&[("JACKER_GATE_CONFIG", "/etc/gate.toml")]);
+    assert_eq!(locate(None, &e), Origin::File("/etc/gate.toml".into()));
+    assert_eq!(
+        locate(Some(Path::new("/x.toml")), &e),
+        Origin::File("/x.toml".into())
+    );
+    assert_eq!(locate(None, &[]), Origin::Defaults);
+}

@@ -1,1 +1,286 @@
-//! In-process tests of the HTTP edge.
+//! In-process tests of the HTTP edge: the app is built from a config and called directly,
+//! without a socket (the socket tests live in `tests/`).
+
+use std::net::IpAddr;
+
+use http::{Request, StatusCode};
+
+use super::*;
+use crate::config;
+use crate::server::build_app;
+
+const PROXY: &str = "127.0.0.1";
+const OUTSIDER: &str = "203.0.113.9";
+
+fn app(toml: &str) -> Arc<App> {
+    build_app(&config::parse(toml, &[]).unwrap()).unwrap()
+}
+
+fn forwarded(uri: &str) -> http::request::Builder {
+    Request::get("/auth")
+        .header("X-Forwarded-Method", "GET")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "app.example.com")
+        .header("X-Forwarded-Uri", uri)
+}
+
+async fn call(app: &App, req: http::request::Builder, peer: &str) -> Response<Body> {
+    app.handle(req.body(()).unwrap(), peer.parse::<IpAddr>().unwrap())
+        .await
+}
+
+async fn status(app: &App, req: http::request::Builder, peer: &str) -> StatusCode {
+    call(app, req, peer).await.status()
+}
+
+const DENY_ADMIN: &str = r#"
+[rate_limit]
+per_second = 0
+[[rules]]
+path_prefix = "/admin"
+policy = "deny"
+"#;
+
+#[tokio::test]
+async fn routes() {
+    let a = app("");
+    for (path, want) in [
+        ("/healthz", StatusCode::OK),
+        ("/healthz?probe=1", StatusCode::OK),
+        ("/readyz", StatusCode::OK),
+        ("/metrics", StatusCode::OK),
+        ("/healthz/", StatusCode::NOT_FOUND),
+        ("/HEALTHZ", StatusCode::NOT_FOUND),
+        ("/auth/", StatusCode::NOT_FOUND),
+        ("/", StatusCode::NOT_FOUND),
+        ("/oauth2/start", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(status(&a, Request::get(path), PROXY).await, want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn deny_rules_and_normalisation() {
+    let a = app(DENY_ADMIN);
+    assert_eq!(status(&a, forwarded("/"), PROXY).await, StatusCode::OK);
+    assert_eq!(
+        status(&a, forwarded("/admin"), PROXY).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&a, forwarded("/x/../admin/"), PROXY).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&a, forwarded("/%61dmin"), PROXY).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(&a, forwarded("/a%2fadmin"), PROXY).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        status(&a, forwarded("/../admin"), PROXY).await,
+        StatusCode::BAD_REQUEST
+    );
+    // /auth-request gives the same decision.
+    let req = forwarded("/admin").uri("/auth-request");
+    assert_eq!(status(&a, req, PROXY).await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_untrusted_peers_are_ignored() {
+    let a = app(DENY_ADMIN);
+    // The outsider claims to request "/" but is judged on its own path, /auth.
+    let req = forwarded("/admin").header("Host", "gate.internal");
+    assert_eq!(status(&a, req, OUTSIDER).await, StatusCode::OK);
+    // Without a Host header (HTTP/1.1 requires one) the route cannot be judged.
+    assert_eq!(
+        status(&a, forwarded("/"), OUTSIDER).await,
+        StatusCode::BAD_REQUEST
+    );
+    let direct = Request::get("/auth").header("Host", "app.example.com");
+    assert_eq!(status(&a, direct, OUTSIDER).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_repeated_or_garbage_forwarded_headers_are_400() {
+    let a = app(DENY_ADMIN);
+    let cases: Vec<(&str, http::request::Builder)> = vec![
+        (
+            "no X-Forwarded-Uri",
+            Request::get("/auth")
+                .header("X-Forwarded-Method", "GET")
+                .header("X-Forwarded-Host", "h"),
+        ),
+        (
+            "no X-Forwarded-Host",
+            Request::get("/auth")
+                .header("X-Forwarded-Method", "GET")
+                .header("X-Forwarded-Uri", "/"),
+        ),
+        (
+            "no X-Forwarded-Method",
+            Request::get("/auth")
+                .header("X-Forwarded-Host", "h")
+                .header("X-Forwarded-Uri", "/"),
+        ),
+        (
+            "two X-Forwarded-Uri",
+            forwarded("/").header("X-Forwarded-Uri", "/admin"),
+        ),
+        (
+            "two X-Forwarded-Host",
+            forwarded("/").header("X-Forwarded-Host", "other"),
+        ),
+        (
+            "empty X-Forwarded-Host",
+            forwarded("/").header("X-Forwarded-Host", ""),
+        ),
+        (
+            "garbage X-Forwarded-For",
+            forwarded("/").header("X-Forwarded-For", "not-an-ip"),
+        ),
+        ("relative X-Forwarded-Uri", forwarded("admin")),
+        (
+            "non-UTF-8 host",
+            forwarded("/").header(
+                "X-Forwarded-Host",
+                HeaderValue::from_bytes(b"h\xff").unwrap(),
+            ),
+        ),
+        (
+            "non-UTF-8 uri",
+            Request::get("/auth")
+                .header("X-Forwarded-Method", "GET")
+                .header("X-Forwarded-Host", "h")
+                .header(
+                    "X-Forwarded-Uri",
+                    HeaderValue::from_bytes(b"/\xc3\x28").unwrap(),
+                ),
+        ),
+    ];
+    for (name, req) in cases {
+        let mut req = req;
+        if name == "two X-Forwarded-Host"
+            || name == "empty X-Forwarded-Host"
+            || name == "non-UTF-8 host"
+        {
+            // Replace the builder's single host with the case's values.
+            let mut r = req.body(()).unwrap();
+            let values: Vec<HeaderValue> = r
+                .headers()
+                .get_all("x-forwarded-host")
+                .iter()
+                .cloned()
+                .collect();
+            r.headers_mut().remove("x-forwarded-host");
+            let keep: Vec<HeaderValue> = match name {
+                "two X-Forwarded-Host" => values,
+                _ => values.into_iter().skip(1).collect(),
+            };
+            for v in keep {
+                r.headers_mut().append("x-forwarded-host", v);
+            }
+            let got = a.handle(r, PROXY.parse().unwrap()).await.status();
+            assert_eq!(got, StatusCode::BAD_REQUEST, "{name}");
+            continue;
+        }
+        req = req.header("X-Test-Case", name);
+        assert_eq!(
+            status(&a, req, PROXY).await,
+            StatusCode::BAD_REQUEST,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn underscore_and_prefix_variants_are_never_read() {
+    // X_Forwarded_For naming a banned-looking client must not replace the real walk, and
+    // X-Forwarded-Prefix must not change the path that rules see.
+    let a = app(DENY_ADMIN);
+    let req = forwarded("/admin")
+        .header("X-Forwarded-Prefix", "/public")
+        .header("X_Forwarded_Uri", "/public");
+    assert_eq!(status(&a, req, PROXY).await, StatusCode::FORBIDDEN);
+    let req = forwarded("/")
+        .header("X_Forwarded_For", "not-an-ip")
+        .header("X-Forwarded-Port", "garbage");
+    assert_eq!(status(&a, req, PROXY).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after_and_keys_on_the_real_client() {
+    let a = app("[rate_limit]\nper_second = 1\nburst = 3\nexempt = [\"198.51.100.0/24\"]\n");
+    for i in 0..3 {
+        // The left-most entry changes every time; the real client (right-most) does not.
+        let req = forwarded("/").header("X-Forwarded-For", format!("10.9.9.{i}, 192.0.2.1"));
+        assert_eq!(status(&a, req, PROXY).await, StatusCode::OK, "request {i}");
+    }
+    let req = forwarded("/").header("X-Forwarded-For", "10.9.9.99, 192.0.2.1");
+    let resp = call(&a, req, PROXY).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()[RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    for _ in 0..10 {
+        let req = forwarded("/").header("X-Forwarded-For", "198.51.100.7");
+        assert_eq!(
+            status(&a, req, PROXY).await,
+            StatusCode::OK,
+            "exempt client"
+        );
+    }
+    let metrics = a.metrics.encode();
+    assert!(
+        metrics.contains("jacker_gate_requests_total{endpoint=\"auth\",verdict=\"limited\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_are_431() {
+    let a = app("[server]\nmax_header_bytes = 2048\n");
+    let req = forwarded("/").header("X-Big", "a".repeat(2100));
+    assert_eq!(
+        status(&a, req, PROXY).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let req = forwarded("/").header("X-Small", "a".repeat(1000));
+    assert_eq!(status(&a, req, PROXY).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn login_routes_never_allow_without_a_session() {
+    // No provider can be configured yet, so reach the login verdict through the pipeline's
+    // response mapping: it must be 401, never 2xx.
+    assert_eq!(respond(Verdict::Login).status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        respond(Verdict::CrowdsecUnavailable).status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        respond(Verdict::Banned(crate::crowdsec::Kind::Captcha)).status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[test]
+fn health_urls_dial_loopback_for_wildcards() {
+    assert_eq!(
+        health_base_url("0.0.0.0:8080".parse().unwrap()),
+        "http://127.0.0.1:8080"
+    );
+    assert_eq!(
+        health_base_url("[::]:8080".parse().unwrap()),
+        "http://[::1]:8080"
+    );
+    assert_eq!(
+        health_base_url("10.1.2.3:9".parse().unwrap()),
+        "http://10.1.2.3:9"
+    );
+}
