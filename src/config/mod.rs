@@ -1111,7 +1111,7 @@ impl Config {
         t.insert("level".into(), s(self.log.level.clone()));
         root.insert("log".into(), Value::Table(t));
 
-        let rules = self
+        let rules: Vec<Value> = self
             .rules
             .iter()
             .map(|r| {
@@ -1127,7 +1127,9 @@ impl Config {
                 Value::Table(t)
             })
             .collect();
-        root.insert("rules".into(), Value::Array(rules));
+        if !self.rules.is_empty() {
+            root.insert("rules".into(), Value::Array(rules));
+        }
 
         toml::to_string_pretty(&root).expect("a toml::Table always serialises")
     }

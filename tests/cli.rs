@@ -1,0 +1,220 @@
+//! The command line as SPEC gives it: `check-config`, `healthcheck`, `gen-secret`, and `run`
+//! on built-in defaults.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use support::gate::Gate;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jacker-gate");
+
+fn gate_cmd() -> Command {
+    let mut c = Command::new(BIN);
+    // The tests' own environment must not leak config into the child.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("JACKER_GATE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_prints_it_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "top-secret-key").unwrap();
+    let file = dir.path().join("gate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[crowdsec]\nlapi_url = \"http://127.0.0.1:9\"\napi_key_file = \"{}\"\n[[rules]]\nhost = \"*.example.com\"\npolicy = \"public\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = gate_cmd()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(!printed.contains("top-secret-key"), "{printed}");
+    assert!(printed.contains(&key.display().to_string()));
+    // The printed config is itself a valid config that prints the same.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &printed).unwrap();
+    let out2 = gate_cmd()
+        .args(["check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out2.status.success());
+    assert_eq!(String::from_utf8(out2.stdout).unwrap(), printed);
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gate.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"x\"\nbogus = 1\n[rate_limit]\nburst = 0\n[[rules]]\npolicy = \"login\"\n",
+    )
+    .unwrap();
+    let out = gate_cmd()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("JACKER_GATE_AUTH__CLIENT_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for key in [
+        "server.listen",
+        "server.bogus: unknown key",
+        "rate_limit.burst",
+        "rules[0].policy",
+        "JACKER_GATE_AUTH__CLIENT_SECRET",
+        "5 problems",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    assert!(!err.contains("hunter2"));
+    // A file that does not exist is a config error too.
+    let out = gate_cmd()
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // So is a bad config for `run`: it never starts serving.
+    let out = gate_cmd()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn config_comes_from_the_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gate.toml");
+    std::fs::write(&file, "[rate_limit]\nper_second = 7\n").unwrap();
+    let out = gate_cmd()
+        .arg("check-config")
+        .env("JACKER_GATE_CONFIG", &file)
+        .env("JACKER_GATE_RATE_LIMIT__BURST", "9")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("per_second = 7"), "{printed}");
+    assert!(printed.contains("burst = 9"), "{printed}");
+}
+
+#[test]
+fn run_without_config_says_so_first_and_serves_defaults() {
+    // The built-in defaults, as check-config shows them with no file at all.
+    let out = gate_cmd().arg("check-config").output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "listen = \"127.0.0.1:8080\"",
+        "per_second = 50",
+        "burst = 100",
+        "\"127.0.0.0/8\"",
+        "\"::1/128\"",
+        "store = \"memory\"",
+    ] {
+        assert!(
+            printed.contains(line),
+            "{line} missing from defaults:\n{printed}"
+        );
+    }
+    assert!(!printed.contains("lapi_url") && !printed.contains("provider"));
+
+    // `run` with no config file. The port comes from the environment so that the test never
+    // collides with whatever else owns 8080 on this machine; there is still no config file.
+    let port = support::free_port();
+    let child = gate_cmd()
+        .arg("run")
+        .env("JACKER_GATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let healthy = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        Command::new(BIN)
+            .args(["healthcheck", "--url", &url])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    support::send_signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(healthy, "the gate on defaults never became healthy");
+    assert!(out.status.success(), "{:?}", out.status);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("no config file given"),
+        "first line: {first}"
+    );
+    assert!(first.contains("built-in defaults"), "first line: {first}");
+}
+
+#[tokio::test]
+async fn healthcheck_exit_codes() {
+    let gate = Gate::start("");
+    let ok = gate_cmd()
+        .args(["healthcheck", "--url", &gate.url()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // From the config file, as `run` finds it.
+    let ok = gate_cmd()
+        .arg("healthcheck")
+        .arg("--config")
+        .arg(gate.config_path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let port = support::free_port();
+    let dead = gate_cmd()
+        .args(["healthcheck", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("unhealthy"));
+}
+
+#[test]
+fn gen_secret_prints_fresh_32_byte_keys() {
+    let run = || {
+        let out = gate_cmd().arg("gen-secret").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (run(), run());
+    assert_ne!(a, b);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&a)
+        .unwrap();
+    assert_eq!(bytes.len(), 32);
+    assert!(jacker_gate::config::decode_cookie_secret(&a).is_ok());
+}
