@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one test command (README "Test"; .ci/run calls exactly this): installs the real peers the
+# tests talk to, then checks formatting and lints, then runs every test, unit and integration,
+# and the benches once each in test mode. Idempotent and quick when everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+if [ -f compose/install-test-tools.sh ]; then
+  bash compose/install-test-tools.sh >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
