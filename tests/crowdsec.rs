@@ -454,6 +454,19 @@ async fn live_mode_asks_the_lapi_and_caches_for_the_update_interval() {
     )
     .await;
 
+    // Within the TTL, repeated requests for one address cost one LAPI lookup (the LAPI logs each).
+    lapi.add_ip("192.0.2.30", "ban", "1h");
+    let first = Instant::now();
+    expect_verdicts(&gate, &["192.0.2.30"; 3], 403, "repeated requests").await;
+    let lookups = lapi.log().matches("/v1/decisions?ip=192.0.2.30 ").count();
+    // One lookup, plus one per TTL that passed in between on a slow machine.
+    let allowed = 1 + (first.elapsed().as_millis() / UPDATE_INTERVAL.as_millis()) as usize;
+    assert!(
+        (1..=allowed).contains(&lookups),
+        "{lookups} LAPI lookups for 3 requests in {:?} (cache TTL {UPDATE_INTERVAL:?})",
+        first.elapsed()
+    );
+
     lapi.delete_ip("192.0.2.10");
     let deleted = Instant::now();
     wait_verdicts(
