@@ -218,3 +218,10 @@ fn gen_secret_prints_fresh_32_byte_keys() {
     assert_eq!(bytes.len(), 32);
     assert!(jacker_gate::config::decode_cookie_secret(&a).is_ok());
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/jacker-gate.toml");
+    let out = gate_cmd().args(["check-config", "--config", example]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
