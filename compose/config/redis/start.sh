@@ -28,11 +28,12 @@ authentik="$(hash_of redis_authentik_password)"
 
 umask 077
 mkdir -p "$(dirname "$out")"
-sed -e "s/@ADMIN_HASH@/$admin/" \
-    -e "s/@GATE_HASH@/$gate/" \
-    -e "s/@EXPORTER_HASH@/$exporter/" \
-    -e "s/@AUTHENTIK_HASH@/$authentik/" \
-    "$template" > "$out.tmp"
+# Redis's ACL file has no comments: keep only the `user` lines of the (commented) template.
+grep -E '^[[:space:]]*user[[:space:]]' "$template" \
+  | sed -e "s/@ADMIN_HASH@/$admin/" \
+        -e "s/@GATE_HASH@/$gate/" \
+        -e "s/@EXPORTER_HASH@/$exporter/" \
+        -e "s/@AUTHENTIK_HASH@/$authentik/" > "$out.tmp"
 if grep -q '@[A-Z_]*_HASH@' "$out.tmp"; then
   echo "redis start: $template has a placeholder this script does not fill" >&2
   exit 1
