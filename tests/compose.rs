@@ -509,22 +509,18 @@ fn images_are_pinned_to_versions() {
     assert!(service("jacker-gate")["build"]["context"].is_string());
 }
 
-/// Whether a value has the shape of a generated secret: one long token, mixed character classes.
+/// Whether a value holds something shaped like a generated secret: a run of 32+ hex digits, or a
+/// run of 20+ token characters mixing lower case, upper case and digits (base64, API keys).
 fn looks_like_a_secret(value: &str) -> bool {
     value
-        .split(|c: char| c.is_whitespace() || c == ',')
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "+=_-".contains(c)))
         .any(|tok| {
-            let classes = [
-                tok.chars().any(|c| c.is_ascii_lowercase()),
-                tok.chars().any(|c| c.is_ascii_uppercase()),
-                tok.chars().any(|c| c.is_ascii_digit()),
-            ];
-            tok.len() >= 20
-                && tok
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+/=_-".contains(c))
-                && classes.iter().filter(|b| **b).count() >= 2
-                && !tok.contains('/')
+            let hex = tok.len() >= 32 && tok.chars().all(|c| c.is_ascii_hexdigit());
+            let mixed = tok.len() >= 20
+                && tok.chars().any(|c| c.is_ascii_lowercase())
+                && tok.chars().any(|c| c.is_ascii_uppercase())
+                && tok.chars().any(|c| c.is_ascii_digit());
+            hex || mixed
         })
 }
 
@@ -550,7 +546,12 @@ fn no_environment_value_is_a_secret_and_every_secret_is_a_file() {
             );
         }
     }
-    assert!(looks_like_a_secret("3uGhiSmJ3mQArC1RVXMCsJHDJkEGA0d764"));
+    assert!(looks_like_a_secret(
+        "x=3uGhiSmJ/3mQArC1RVXMCsJHDJkEGA0d764Uhtv/Ls8="
+    ));
+    assert!(looks_like_a_secret(
+        "redis://:2aa5fa96f149fedb1d014a3752c59a13389505ec1d96ccc5f75737449929c6eb@redis"
+    ));
     assert!(!looks_like_a_secret(
         "000000000000-placeholder.apps.googleusercontent.com"
     ));
