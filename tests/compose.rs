@@ -1535,3 +1535,35 @@ fn the_dockerfile_builds_a_small_nonroot_image_with_the_gate_healthcheck() {
         );
     }
 }
+
+#[test]
+fn every_variable_the_compose_files_use_is_documented_in_the_env_sample() {
+    let sample = read(&compose_dir().join(".env.sample"));
+    let documented: BTreeSet<&str> = sample
+        .lines()
+        .map(|l| l.trim_start_matches(['#', ' ']))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    for entry in std::fs::read_dir(compose_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yml") {
+            continue;
+        }
+        let text = read(&path);
+        for (i, _) in text.match_indices("${") {
+            if text[..i].ends_with('$') {
+                continue; // `$${` is a literal `${` for the container's shell
+            }
+            let name: String = text[i + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            assert!(
+                documented.contains(name.as_str()),
+                "{} uses ${{{name}}}, which .env.sample does not document",
+                path.display()
+            );
+        }
+    }
+}
