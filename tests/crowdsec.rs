@@ -485,6 +485,73 @@ async fn live_mode_asks_the_lapi_and_caches_for_the_update_interval() {
     assert_key_not_logged(&gate, &key);
 }
 
+/// In live mode nothing is known without the LAPI: with `fail_closed`, a stopped or hung LAPI
+/// denies every address not in the cache, promptly, and the gate recovers by itself.
+#[tokio::test]
+async fn live_mode_fails_closed_while_the_lapi_is_down_or_hangs() {
+    let mut lapi = Lapi::start();
+    lapi.add_ip("192.0.2.10", "ban", "1h");
+    let (gate, _key) = start_gate(
+        &lapi,
+        "live",
+        "fail_closed = true\nmax_staleness = \"2s\"\n",
+    );
+    expect_verdicts(&gate, &["192.0.2.10"], 403, "a live ban").await;
+    expect_verdicts(&gate, &["192.0.2.11"], 200, "no decision").await;
+
+    lapi.stop();
+    wait_verdicts(
+        &gate,
+        &["192.0.2.11", "192.0.2.12"],
+        403,
+        "the LAPI stopped",
+    )
+    .await;
+    lapi.start_again();
+    wait_verdicts(&gate, &["192.0.2.11"], 200, "the LAPI restarted").await;
+
+    lapi.pause();
+    let started = Instant::now();
+    let status = auth_status(&gate, "192.0.2.13").await;
+    let waited = started.elapsed();
+    lapi.resume();
+    assert_eq!(status, 403, "an address never asked about, LAPI hung");
+    assert!(
+        waited < Duration::from_secs(2),
+        "/auth waited {waited:?} on a hung LAPI"
+    );
+    wait_verdicts(&gate, &["192.0.2.13"], 200, "the LAPI thawed").await;
+    expect_verdicts(&gate, &["192.0.2.10"], 403, "the ban after recovery").await;
+}
+
+/// The gate honours a decision's remaining `duration` (a Go duration string): a short ban holds
+/// until about its end, then lapses without any deletion from the LAPI.
+#[tokio::test]
+async fn stream_mode_lets_a_short_ban_expire() {
+    let lapi = Lapi::start();
+    let (gate, _key) = start_gate(&lapi, "stream", "");
+    wait_ready(&gate).await;
+
+    let added = Instant::now();
+    lapi.add_ip("192.0.2.10", "ban", "5s");
+    wait_verdicts(&gate, &["192.0.2.10"], 403, "a 5s ban").await;
+    eventually(
+        Duration::from_secs(5) + SYNC_DEADLINE,
+        "the 5s ban to lapse",
+        async || match auth_status(&gate, "192.0.2.10").await {
+            200 => Ok(()),
+            status => Err(format!("{status} after {:?}", added.elapsed())),
+        },
+    )
+    .await;
+    // Whole-second rounding on either side is fine; milliseconds-for-seconds is not.
+    assert!(
+        added.elapsed() >= Duration::from_secs(3),
+        "a 5s ban lapsed after {:?}",
+        added.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
