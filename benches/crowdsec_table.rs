@@ -16,7 +16,11 @@ use jacker_gate::crowdsec::table::{DecisionTable, Target};
 const NOW: u32 = 1_800_000_000;
 
 fn lookups(c: &mut Criterion) {
-    let n = if common::full_size() { 1_000_000 } else { 10_000 };
+    let n = if common::full_size() {
+        1_000_000
+    } else {
+        10_000
+    };
     let (delta, singles) = common::decisions(n, NOW);
     let before = common::rss_bytes();
     let table = DecisionTable::from_startup(&delta);
@@ -30,10 +34,20 @@ fn lookups(c: &mut Criterion) {
 
     let mut rng = common::Rng::new(7);
     let misses: Vec<IpAddr> = (0..4096)
-        .map(|i| if i % 5 == 4 { IpAddr::V6(rng.v6()) } else { IpAddr::V4(rng.v4()) })
+        .map(|i| {
+            if i % 5 == 4 {
+                IpAddr::V6(rng.v6())
+            } else {
+                IpAddr::V4(rng.v4())
+            }
+        })
         .filter(|ip| table.lookup(*ip, NOW).is_none())
         .collect();
-    let hits: Vec<IpAddr> = singles.iter().step_by(singles.len() / 4096 + 1).copied().collect();
+    let hits: Vec<IpAddr> = singles
+        .iter()
+        .step_by(singles.len() / 4096 + 1)
+        .copied()
+        .collect();
     assert!(hits.iter().all(|ip| table.lookup(*ip, NOW).is_some()));
 
     let mut g = c.benchmark_group("crowdsec_table");
@@ -72,7 +86,10 @@ fn startup_stream(c: &mut Criterion) {
         ));
     }
     body.push_str("]}");
-    eprintln!("startup stream: {n} decisions, {:.1} MB of JSON", body.len() as f64 / 1e6);
+    eprintln!(
+        "startup stream: {n} decisions, {:.1} MB of JSON",
+        body.len() as f64 / 1e6
+    );
     let mut g = c.benchmark_group("crowdsec_stream");
     g.sample_size(10);
     g.bench_function("startup_100k_parse_and_build", |b| {
