@@ -9,9 +9,13 @@ use std::net::IpAddr;
 
 use governor::clock::Clock;
 
+use std::sync::Arc;
+
 use crate::crowdsec::Kind;
+use crate::oauth::email::EmailPolicy;
 use crate::ratelimit::{Limiter, Outcome};
 use crate::rules::{normalize_host, normalize_path, PathError, Policy, Rules};
+use crate::session::SessionState;
 
 /// What CrowdSec says about the client, already looked up by the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +54,12 @@ pub enum BadRequest {
 }
 
 /// The answer to one request. Exactly one function in `http` turns it into a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allow,
+    /// 200; with the signed-in user on `login` routes (identity headers).
+    Allow {
+        user: Option<Arc<str>>,
+    },
     /// Covered by a CrowdSec decision (403).
     Banned(Kind),
     /// CrowdSec could not be consulted and the config says fail closed (403).
@@ -65,6 +72,10 @@ pub enum Verdict {
     Forbidden,
     /// The route needs a login and there is no session (302 or 401).
     Login,
+    /// A session whose email the policy does not (or no longer) allow (403).
+    ForbiddenUser,
+    /// The session store did not answer and no recent validation is cached (503).
+    StoreUnavailable,
     BadRequest(BadRequest),
 }
 
@@ -72,12 +83,14 @@ impl Verdict {
     /// The `verdict` label of `jacker_gate_requests_total`.
     pub fn label(&self) -> VerdictLabel {
         match self {
-            Verdict::Allow => VerdictLabel::Allow,
+            Verdict::Allow { .. } => VerdictLabel::Allow,
             Verdict::Banned(_) => VerdictLabel::Banned,
             Verdict::Limited { .. } => VerdictLabel::Limited,
-            Verdict::Forbidden => VerdictLabel::Forbidden,
+            Verdict::Forbidden | Verdict::ForbiddenUser => VerdictLabel::Forbidden,
             Verdict::Login => VerdictLabel::Login,
-            Verdict::CrowdsecUnavailable | Verdict::BadRequest(_) => VerdictLabel::Error,
+            Verdict::CrowdsecUnavailable | Verdict::StoreUnavailable | Verdict::BadRequest(_) => {
+                VerdictLabel::Error
+            }
         }
     }
 }
@@ -118,47 +131,99 @@ impl VerdictLabel {
     }
 }
 
-/// Steps 2 to 5 for a client whose address step 1 has settled.
+/// Where steps 2 to 4 leave a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Done(Verdict),
+    /// A `login` route: step 5 needs the session ([`session_verdict`]).
+    NeedsSession,
+    /// The OAuth callback arriving through ForwardAuth (`X-Forwarded-Uri` names it): it is
+    /// answered by the login flow, before any rule, so a `login` rule cannot loop on it.
+    Callback,
+}
+
+/// The callback path, as SPEC names it.
+pub const CALLBACK_PATH: &str = "/oauth2/callback";
+
+/// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints. `user`
+/// is the signed-in user when the limiter is keyed by user and a session was found.
+pub fn admit<C: Clock + Clone>(
+    client: IpAddr,
+    crowdsec: CrowdsecState,
+    limiter: &Limiter<C>,
+    user: Option<&str>,
+) -> Option<Verdict> {
+    match crowdsec {
+        CrowdsecState::Decided(kind) => return Some(Verdict::Banned(kind)),
+        CrowdsecState::Unavailable => return Some(Verdict::CrowdsecUnavailable),
+        CrowdsecState::Off | CrowdsecState::Clear => {}
+    }
+    // `key = "user"` falls back to the client address without a session.
+    let key = match user {
+        Some(u) if limiter.keyed_by_user() => Some(limiter.user_key(u)),
+        _ => limiter.ip_key(client),
+    };
+    if let Some(key) = key {
+        if let Outcome::Limited { retry_after_secs } = limiter.check(key) {
+            return Some(Verdict::Limited { retry_after_secs });
+        }
+    }
+    None
+}
+
+/// Steps 2 to 4 for a client whose address step 1 has settled.
 pub fn decide<C: Clock + Clone>(
     client: IpAddr,
     crowdsec: CrowdsecState,
     limiter: &Limiter<C>,
     rules: &Rules,
     request: &Forwarded<'_>,
-) -> Verdict {
-    match crowdsec {
-        CrowdsecState::Decided(kind) => return Verdict::Banned(kind),
-        CrowdsecState::Unavailable => return Verdict::CrowdsecUnavailable,
-        CrowdsecState::Off | CrowdsecState::Clear => {}
+    user: Option<&str>,
+) -> Step {
+    match decide_route(client, crowdsec, limiter, rules, request, user) {
+        Ok(step) => step,
+        Err(v) => Step::Done(v),
+    }
+}
+
+fn decide_route<C: Clock + Clone>(
+    client: IpAddr,
+    crowdsec: CrowdsecState,
+    limiter: &Limiter<C>,
+    rules: &Rules,
+    request: &Forwarded<'_>,
+    user: Option<&str>,
+) -> Result<Step, Verdict> {
+    if let Some(v) = admit(client, crowdsec, limiter, user) {
+        return Err(v);
     }
 
-    // Without sessions yet, `key = "user"` falls back to the client address, as SPEC says
-    // for requests without a session.
-    if let Some(key) = limiter.ip_key(client) {
-        if let Outcome::Limited { retry_after_secs } = limiter.check(key) {
-            return Verdict::Limited { retry_after_secs };
-        }
+    let method = request
+        .method
+        .ok_or(Verdict::BadRequest(BadRequest::Method))?;
+    let host = request.host.ok_or(Verdict::BadRequest(BadRequest::Host))?;
+    let uri = request.uri.ok_or(Verdict::BadRequest(BadRequest::Uri))?;
+    let path = normalize_path(uri).map_err(|e| Verdict::BadRequest(BadRequest::Path(e)))?;
+    if rules.login_available() && path == CALLBACK_PATH {
+        return Ok(Step::Callback);
     }
-
-    let Some(method) = request.method else {
-        return Verdict::BadRequest(BadRequest::Method);
-    };
-    let Some(host) = request.host else {
-        return Verdict::BadRequest(BadRequest::Host);
-    };
-    let Some(uri) = request.uri else {
-        return Verdict::BadRequest(BadRequest::Uri);
-    };
-    let path = match normalize_path(uri) {
-        Ok(p) => p,
-        Err(e) => return Verdict::BadRequest(BadRequest::Path(e)),
-    };
     let host = normalize_host(host);
     match rules.policy(method, &host, &path) {
-        Policy::Public => Verdict::Allow,
-        Policy::Deny => Verdict::Forbidden,
-        // Sessions arrive with the login work; until then no request carries one.
-        Policy::Login => Verdict::Login,
+        Policy::Public => Err(Verdict::Allow { user: None }),
+        Policy::Deny => Err(Verdict::Forbidden),
+        Policy::Login => Ok(Step::NeedsSession),
+    }
+}
+
+/// Step 5: the session of a `login` route.
+pub fn session_verdict(session: &SessionState, policy: &EmailPolicy) -> Verdict {
+    match session {
+        SessionState::Valid { email } if policy.allows_session(email) => Verdict::Allow {
+            user: Some(email.clone()),
+        },
+        SessionState::Valid { .. } => Verdict::ForbiddenUser,
+        SessionState::None => Verdict::Login,
+        SessionState::StoreUnavailable => Verdict::StoreUnavailable,
     }
 }
 
@@ -208,43 +273,41 @@ mod tests {
     fn order_of_steps() {
         let l = limiter(1);
         let r = rules();
+        let run = |cs, uri| decide(IP, cs, &l, &r, &req(uri), None);
         // A banned client is 403 even with a malformed path.
         assert_eq!(
-            decide(
-                IP,
-                CrowdsecState::Decided(Kind::Captcha),
-                &l,
-                &r,
-                &req("/%zz")
-            ),
-            Verdict::Banned(Kind::Captcha)
+            run(CrowdsecState::Decided(Kind::Captcha), "/%zz"),
+            Step::Done(Verdict::Banned(Kind::Captcha))
         );
         assert_eq!(
-            decide(IP, CrowdsecState::Unavailable, &l, &r, &req("/")),
-            Verdict::CrowdsecUnavailable
+            run(CrowdsecState::Unavailable, "/"),
+            Step::Done(Verdict::CrowdsecUnavailable)
         );
         assert_eq!(
-            decide(IP, CrowdsecState::Clear, &l, &r, &req("/")),
-            Verdict::Allow
+            run(CrowdsecState::Clear, "/"),
+            Step::Done(Verdict::Allow { user: None })
         );
         // The burst of 1 is spent: limited before the route is even looked at.
-        assert!(matches!(
-            decide(IP, CrowdsecState::Off, &l, &r, &req("/admin")),
-            Verdict::Limited {
+        assert_eq!(
+            run(CrowdsecState::Off, "/admin"),
+            Step::Done(Verdict::Limited {
                 retry_after_secs: 1
-            }
-        ));
+            })
+        );
     }
 
     #[test]
     fn routes_and_bad_input() {
         let l = limiter(0);
         let r = rules();
-        let check = |f: Forwarded<'_>| decide(IP, CrowdsecState::Clear, &l, &r, &f);
+        let check = |f: Forwarded<'_>| match decide(IP, CrowdsecState::Clear, &l, &r, &f, None) {
+            Step::Done(v) => v,
+            other => panic!("{other:?}"),
+        };
         assert_eq!(check(req("/admin/x")), Verdict::Forbidden);
         assert_eq!(check(req("/public/../admin")), Verdict::Forbidden);
         assert_eq!(check(req("//admin")), Verdict::Forbidden);
-        assert_eq!(check(req("/administrator")), Verdict::Allow);
+        assert_eq!(check(req("/administrator")), Verdict::Allow { user: None });
         assert_eq!(
             check(req("/a%2Fadmin")),
             Verdict::BadRequest(BadRequest::Path(PathError::EncodedSeparator))
@@ -270,10 +333,68 @@ mod tests {
             }),
             Verdict::BadRequest(BadRequest::Method)
         );
-        let login = Rules::new(vec![], true);
+        // Without login the callback path is just a path.
         assert_eq!(
-            decide(IP, CrowdsecState::Clear, &l, &login, &req("/")),
+            check(req("/oauth2/callback")),
+            Verdict::Allow { user: None }
+        );
+        let login = Rules::new(vec![], true);
+        let run = |uri| decide(IP, CrowdsecState::Clear, &l, &login, &req(uri), None);
+        assert_eq!(run("/"), Step::NeedsSession);
+        assert_eq!(run("/oauth2/callback?code=x&state=y"), Step::Callback);
+        assert_eq!(run("/x/../oauth2/callback"), Step::Callback);
+    }
+
+    #[test]
+    fn user_keyed_limit() {
+        let l = Limiter::with_clock(
+            &RateLimit {
+                per_second: 1,
+                burst: 1,
+                key: RateKeyKind::User,
+                ipv6_prefix: 64,
+                exempt: vec![],
+            },
+            FakeRelativeClock::default(),
+        );
+        assert_eq!(
+            admit(IP, CrowdsecState::Off, &l, Some("a@example.com")),
+            None
+        );
+        // Same IP, another user: a bucket of its own.
+        assert_eq!(
+            admit(IP, CrowdsecState::Off, &l, Some("b@example.com")),
+            None
+        );
+        // Without a session the IP bucket is used, also fresh.
+        assert_eq!(admit(IP, CrowdsecState::Off, &l, None), None);
+        assert!(matches!(
+            admit(IP, CrowdsecState::Off, &l, Some("a@example.com")),
+            Some(Verdict::Limited { .. })
+        ));
+    }
+
+    #[test]
+    fn session_step() {
+        let policy = EmailPolicy::new(&["example.com".into()], &[], true);
+        let valid = |e: &str| SessionState::Valid { email: e.into() };
+        assert_eq!(
+            session_verdict(&valid("alice@example.com"), &policy),
+            Verdict::Allow {
+                user: Some("alice@example.com".into())
+            }
+        );
+        assert_eq!(
+            session_verdict(&valid("mallory@evil.com"), &policy),
+            Verdict::ForbiddenUser
+        );
+        assert_eq!(
+            session_verdict(&SessionState::None, &policy),
             Verdict::Login
+        );
+        assert_eq!(
+            session_verdict(&SessionState::StoreUnavailable, &policy),
+            Verdict::StoreUnavailable
         );
     }
 }

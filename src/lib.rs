@@ -17,6 +17,8 @@ pub mod ratelimit;
 pub mod rules;
 
 pub mod decision;
+pub mod oauth;
+pub mod session;
 
 pub mod http;
 pub mod logging;

@@ -47,6 +47,7 @@ pub struct Limiter<C: Clock = DefaultClock> {
     clock: C,
     ipv6_mask: u128,
     exempt: Vec<IpNet>,
+    by_user: bool,
     user_hasher: foldhash::quality::RandomState,
 }
 
@@ -74,12 +75,18 @@ impl<C: Clock + Clone> Limiter<C> {
             clock,
             ipv6_mask,
             exempt: config.exempt.clone(),
+            by_user: config.key == crate::config::RateKeyKind::User,
             user_hasher: Default::default(),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.limiter.is_some()
+    }
+
+    /// `key = "user"`: signed-in users get a bucket of their own.
+    pub fn keyed_by_user(&self) -> bool {
+        self.by_user && self.enabled()
     }
 
     /// The bucket key for a client address; `None` when the address is exempt.

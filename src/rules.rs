@@ -152,7 +152,11 @@ impl Rules {
         }
     }
 
-    /// Whether any rule looks at the path (if none does, a request's path is still validated).
+    /// Whether a login provider is configured (unmatched routes then need a login).
+    pub fn login_available(&self) -> bool {
+        self.fallback == Policy::Login
+    }
+
     pub fn policy(&self, method: &str, host: &str, path: &str) -> Policy {
         self.rules
             .iter()

@@ -21,40 +21,145 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::client_ip::TrustedProxies;
-use crate::config::Config;
+use crate::config::{decode_cookie_secret, Config, Provider as ProviderKind, StoreKind};
 use crate::crowdsec::lapi::Bouncer;
+use crate::decision::CALLBACK_PATH;
+use crate::http::login::Login;
 use crate::http::App;
 use crate::metrics::Metrics;
+use crate::oauth::email::EmailPolicy;
+use crate::oauth::redirect::RedirectPolicy;
+use crate::oauth::Provider;
 use crate::ratelimit::Limiter;
 use crate::rules::Rules;
+use crate::session::cookie::CookieCodec;
+use crate::session::memory::MemoryStore;
+use crate::session::redis::RedisStore;
+use crate::session::{SessionStore, Sessions};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often idle rate-limit buckets are dropped.
 const LIMITER_CLEANUP: Duration = Duration::from_secs(10);
 
-/// Builds the shared application state from a validated config.
-pub fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
+/// Timeout of one session-store call: it sits on the request path of `login` routes.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Builds the shared application state from a validated config. Nothing here waits for a
+/// peer: the LAPI, the identity provider and Redis are reached in the background.
+pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let metrics = Arc::new(Metrics::new());
     let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
+    let login = match config.auth.provider {
+        Some(_) => Some(build_login(config, metrics.clone()).await?),
+        None => None,
+    };
     Ok(Arc::new(App {
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
         rules: Rules::new(config.rules.clone(), config.auth.provider.is_some()),
         limiter: Limiter::new(&config.rate_limit),
         bouncer,
+        login,
         metrics,
         max_header_bytes: config.server.max_header_bytes,
     }))
 }
 
+async fn build_login(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Login> {
+    let public_url = config
+        .server
+        .public_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("server.public_url is required for login"))?;
+    let secret = config
+        .session
+        .cookie_secret_file
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("session.cookie_secret_file is required for login"))?;
+    let codec =
+        CookieCodec::new(&decode_cookie_secret(secret.expose()).map_err(anyhow::Error::msg)?);
+    let store: Arc<dyn SessionStore> = match config.session.store {
+        StoreKind::Memory => MemoryStore::new(),
+        StoreKind::Redis => {
+            let url = config
+                .session
+                .redis_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("session.redis_url is required"))?;
+            let password = config
+                .session
+                .redis_password_file
+                .as_ref()
+                .map(|f| f.expose());
+            RedisStore::connect(url, password, STORE_TIMEOUT)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    let sessions = Sessions::new(
+        store,
+        codec,
+        config.session.cache_ttl,
+        config.session.lifetime,
+        metrics.clone(),
+    );
+    let callback = crate::http::login::endpoint_of(&public_url, CALLBACK_PATH);
+    Ok(Login {
+        provider: Provider::new(&config.auth, callback.as_str()).map_err(anyhow::Error::msg)?,
+        sessions,
+        emails: EmailPolicy::new(
+            &config.auth.allowed_domains,
+            &config.auth.allowed_emails,
+            config.auth.provider == Some(ProviderKind::Google),
+        ),
+        redirects: RedirectPolicy::new(&redirect_domains(config), !config.session.cookie_secure),
+        public_url,
+        cookie_name: config.session.cookie_name.clone(),
+        binding_cookie_name: format!("{}_login", config.session.cookie_name),
+        cookie_domains: config.session.cookie_domains.clone(),
+        cookie_secure: config.session.cookie_secure,
+        metrics,
+    })
+}
+
+/// Where return URLs may lead: `auth.redirect_domains`, else the cookie domains; the public
+/// URL's own host always.
+fn redirect_domains(config: &Config) -> Vec<String> {
+    let mut domains = if config.auth.redirect_domains.is_empty() {
+        config.session.cookie_domains.clone()
+    } else {
+        config.auth.redirect_domains.clone()
+    };
+    if let Some(u) = &config.server.public_url {
+        if let Some(host) = u.host_str() {
+            domains.push(match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            });
+        }
+    }
+    domains
+}
+
 /// Runs the gate until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let app = build_app(&config)?;
+    let app = build_app(&config).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     if let Some(b) = &app.bouncer {
         tokio::spawn(b.clone().run(config.crowdsec.timeout));
+    }
+    if let Some(login) = &app.login {
+        tokio::spawn(login.provider.clone().run());
+        let sessions = login.sessions.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                sessions.cleanup();
+            }
+        });
     }
     if app.limiter.enabled() {
         let app = app.clone();

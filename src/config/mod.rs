@@ -769,6 +769,7 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     s.finish(cx);
 
     let mut s = Section::take(root, "auth", cx);
+    let auth_secret_given = s.table.contains_key("client_secret_file");
     if let Some(v) = s.get("provider", cx, |v, e| match string(v, e)?.as_str() {
         "google" => Ok(Provider::Google),
         "oidc" => Ok(Provider::Oidc),
@@ -803,14 +804,9 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
         c.auth.redirect_domains = v;
     }
     s.finish(cx);
-    if c.auth.provider.is_some() {
-        cx.err(
-            "auth.provider",
-            "login is not available in this version of jacker-gate yet; remove [auth] (every route is then public or deny)",
-        );
-    }
 
     let mut s = Section::take(root, "session", cx);
+    let cookie_secret_given = s.table.contains_key("cookie_secret_file");
     if let Some(v) = s.get("store", cx, |v, e| match string(v, e)?.as_str() {
         "memory" => Ok(StoreKind::Memory),
         "redis" => Ok(StoreKind::Redis),
@@ -872,6 +868,36 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
             "session.redis_url",
             "required when session.store = \"redis\"",
         );
+    }
+    if let Some(provider) = c.auth.provider {
+        let need = "required when auth.provider is set";
+        if c.server.public_url.is_none() {
+            cx.err(
+                "server.public_url",
+                format!("{need} (it builds the OAuth callback URL {{public_url}}/oauth2/callback)"),
+            );
+        }
+        if c.auth.client_id.is_none() {
+            cx.err("auth.client_id", need);
+        }
+        if c.auth.client_secret_file.is_none() && !auth_secret_given {
+            cx.err("auth.client_secret_file", need);
+        }
+        if c.session.cookie_secret_file.is_none() && !cookie_secret_given {
+            cx.err(
+                "session.cookie_secret_file",
+                format!("{need} (generate one with `jacker-gate gen-secret`)"),
+            );
+        }
+        if provider == Provider::Oidc && c.auth.issuer_url.is_none() {
+            cx.err("auth.issuer_url", "required when auth.provider = \"oidc\"");
+        }
+        if c.auth.allowed_domains.is_empty() && c.auth.allowed_emails.is_empty() {
+            cx.err(
+                "auth.allowed_domains",
+                "allowed_domains and allowed_emails are both empty: nobody could sign in",
+            );
+        }
     }
 
     let mut s = Section::take(root, "log", cx);
@@ -946,10 +972,7 @@ fn build_rule(i: usize, item: Value, auth_on: bool, cx: &mut Cx<'_>) -> Option<R
         cx.err(&key, "required: \"public\", \"login\" or \"deny\"");
     }
     if policy == Some(Policy::Login) && !auth_on {
-        cx.err(
-            &key,
-            "\"login\" needs an [auth] provider, and login is not available in this version yet",
-        );
+        cx.err(&key, "\"login\" needs an [auth] provider");
     }
     if cx.errors.len() != errors_before {
         return None;

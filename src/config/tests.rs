@@ -182,8 +182,17 @@ fn syntax_errors_are_reported() {
 fn crowdsec_needs_a_key_file_and_login_is_not_available_yet() {
     let errs = errors("[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\n", &[]);
     assert_has(&errs, "crowdsec.api_key_file: required");
-    let errs = errors("[auth]\nprovider = \"google\"\n", &[]);
-    assert_has(&errs, "auth.provider: login is not available");
+    let errs = errors("[auth]\nprovider = \"oidc\"\n", &[]);
+    for key in [
+        "server.public_url: required",
+        "auth.client_id: required",
+        "auth.client_secret_file: required",
+        "session.cookie_secret_file: required",
+        "auth.issuer_url: required",
+        "auth.allowed_domains: allowed_domains and allowed_emails are both empty",
+    ] {
+        assert_has(&errs, key);
+    }
     let errs = errors("[crowdsec]\nupdate_interval = \"10m\"\n", &[]);
     assert_has(&errs, "crowdsec.max_staleness: must be at least");
 }

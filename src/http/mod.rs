@@ -6,28 +6,39 @@
 //! `X-Forwarded-Prefix`/`-Port`); a forwarded value that is missing, repeated or not text turns
 //! into a 400, never an allow; health paths match exactly.
 
+pub mod login;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::client_ip::{client_ip, TrustedProxies};
 use crate::crowdsec::lapi::Bouncer;
-use crate::decision::{decide, BadRequest, CrowdsecState, Forwarded, Verdict};
+use crate::decision::{
+    decide, session_verdict, BadRequest, CrowdsecState, Forwarded, Step, Verdict,
+};
 use crate::metrics::{Endpoint, Metrics};
 use crate::ratelimit::Limiter;
 use crate::rules::Rules;
+use crate::session::SessionState;
+use login::Login;
 
 pub type Body = Full<Bytes>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -35,89 +46,26 @@ pub struct App {
     pub rules: Rules,
     pub limiter: Limiter,
     pub bouncer: Option<Arc<Bouncer>>,
+    pub login: Option<Login>,
     pub metrics: Arc<Metrics>,
     pub max_header_bytes: usize,
 }
 
-impl App {
-    /// Answers one request from `peer` (the TCP peer address).
-    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body> {
-        let size: usize = req
-            .headers()
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
-            .sum();
-        if size > self.max_header_bytes {
-            return plain(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request headers too large\n",
-            );
-        }
-        match req.uri().path() {
-            "/auth" => self.decision(&req, peer, Endpoint::Auth).await,
-            "/auth-request" => self.decision(&req, peer, Endpoint::AuthRequest).await,
-            "/healthz" => plain(StatusCode::OK, "ok\n"),
-            "/readyz" => {
-                if self.bouncer.as_ref().is_none_or(|b| b.ready()) {
-                    plain(StatusCode::OK, "ready\n")
-                } else {
-                    plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: CrowdSec decisions not synced\n",
-                    )
-                }
-            }
-            "/metrics" => {
-                self.metrics.ratelimit_keys.set(self.limiter.len() as i64);
-                let mut resp = Response::new(Full::new(Bytes::from(self.metrics.encode())));
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                resp
-            }
-            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
-        }
-    }
+/// What the edge knows about one request once its headers are read.
+pub struct View<'a> {
+    pub peer_trusted: bool,
+    pub headers: &'a HeaderMap,
+    /// The original request as the proxy describes it (or this request, from an untrusted peer).
+    pub forwarded: Forwarded<'a>,
+    /// `http` or `https`: the forwarded scheme from a trusted proxy, else `http`.
+    pub proto: &'a str,
+    /// A navigation a browser can follow a redirect on (GET/HEAD asking for HTML, not XHR).
+    pub browser_navigation: bool,
+}
 
-    async fn decision<B>(
-        &self,
-        req: &Request<B>,
-        peer: IpAddr,
-        endpoint: Endpoint,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        let verdict = self.verdict(req, peer).await;
-        self.metrics
-            .record(endpoint, verdict.label(), started.elapsed().as_secs_f64());
-        if let Verdict::BadRequest(why) = verdict {
-            tracing::debug!(%peer, reason = %why, "bad forward-auth request");
-        }
-        respond(verdict)
-    }
-
-    async fn verdict<B>(&self, req: &Request<B>, peer: IpAddr) -> Verdict {
+impl<'a> View<'a> {
+    fn new<B>(req: &'a Request<B>, trusted: bool) -> Self {
         let headers = req.headers();
-        let peer = crate::client_ip::canonical(peer);
-        let trusted = self.trusted.contains(peer);
-        let client = if trusted {
-            let lines = headers
-                .get_all(X_FORWARDED_FOR)
-                .into_iter()
-                .map(|v| v.as_bytes());
-            match client_ip(peer, lines, &self.trusted) {
-                Ok(ip) => ip,
-                Err(_) => return Verdict::BadRequest(BadRequest::ForwardedFor),
-            }
-        } else {
-            peer
-        };
-        let crowdsec = match &self.bouncer {
-            Some(b) => b.check(client).await,
-            None => CrowdsecState::Off,
-        };
         let forwarded = if trusted {
             Forwarded {
                 method: single_text(headers, &X_FORWARDED_METHOD),
@@ -137,7 +85,279 @@ impl App {
                 ),
             }
         };
-        decide(client, crowdsec, &self.limiter, &self.rules, &forwarded)
+        let proto = match trusted
+            .then(|| single_text(headers, &X_FORWARDED_PROTO))
+            .flatten()
+        {
+            Some("https") => "https",
+            Some("http") => "http",
+            // Traefik always sends it; without it assume the safe default.
+            _ if trusted => "https",
+            _ => "http",
+        };
+        let method_ok = matches!(forwarded.method, Some("GET" | "HEAD"));
+        let wants_html = headers
+            .get_all(ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
+        let xhr = headers
+            .get(X_REQUESTED_WITH)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+        Self {
+            peer_trusted: trusted,
+            headers,
+            forwarded,
+            proto,
+            browser_navigation: method_ok && wants_html && !xhr,
+        }
+    }
+
+    /// Every value of cookie `name` the request carries.
+    pub fn cookies(&self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        crate::session::cookie::cookie_values(
+            self.headers
+                .get_all(COOKIE)
+                .into_iter()
+                .map(HeaderValue::as_bytes),
+            name,
+        )
+    }
+
+    /// The host the browser addressed: the forwarded host from a trusted proxy, else `Host`.
+    pub fn host(&self) -> Option<&'a str> {
+        self.forwarded.host
+    }
+}
+
+impl App {
+    /// Answers one request from `peer` (the TCP peer address).
+    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body> {
+        let size: usize = req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        if size > self.max_header_bytes {
+            return plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large\n",
+            );
+        }
+        let path = req.uri().path();
+        match (path, &self.login) {
+            ("/auth", _) => self.decision(&req, peer, Endpoint::Auth).await,
+            ("/auth-request", _) => self.decision(&req, peer, Endpoint::AuthRequest).await,
+            ("/healthz", _) => plain(StatusCode::OK, "ok\n"),
+            ("/readyz", _) => self.readiness().await,
+            ("/metrics", _) => {
+                self.metrics.ratelimit_keys.set(self.limiter.len() as i64);
+                let mut resp = Response::new(Full::new(Bytes::from(self.metrics.encode())));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            (
+                "/" | "/oauth2/start" | "/oauth2/callback" | "/oauth2/sign_out"
+                | "/oauth2/userinfo",
+                Some(login),
+            ) => {
+                let peer = crate::client_ip::canonical(peer);
+                let trusted = self.trusted.contains(peer);
+                let view = View::new(&req, trusted);
+                // The login endpoints face the internet too: CrowdSec and the rate limit apply.
+                let client = match self.client(&view, peer) {
+                    Ok(ip) => ip,
+                    Err(v) => return self.respond(v, &view, Endpoint::Auth),
+                };
+                let crowdsec = self.crowdsec(client).await;
+                if let Some(v) = crate::decision::admit(client, crowdsec, &self.limiter, None) {
+                    return self.respond(v, &view, Endpoint::Auth);
+                }
+                let query = req.uri().query().unwrap_or("");
+                match path {
+                    "/" => login.home(&view).await,
+                    "/oauth2/start" => login.start(&view, query).await,
+                    "/oauth2/callback" => login.callback(&view, query).await,
+                    "/oauth2/sign_out" if matches!(*req.method(), Method::GET | Method::POST) => {
+                        login.sign_out(&view, query).await
+                    }
+                    "/oauth2/sign_out" => {
+                        plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                    }
+                    _ => login.userinfo(&view).await,
+                }
+            }
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn readiness(&self) -> Response<Body> {
+        if !self.bouncer.as_ref().is_none_or(|b| b.ready()) {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: CrowdSec decisions not synced\n",
+            );
+        }
+        if let Some(login) = &self.login {
+            if !login.sessions.ping().await {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the session store does not answer\n",
+                );
+            }
+        }
+        plain(StatusCode::OK, "ready\n")
+    }
+
+    fn client(&self, view: &View<'_>, peer: IpAddr) -> Result<IpAddr, Verdict> {
+        if !view.peer_trusted {
+            return Ok(peer);
+        }
+        let lines = view
+            .headers
+            .get_all(X_FORWARDED_FOR)
+            .into_iter()
+            .map(|v| v.as_bytes());
+        client_ip(peer, lines, &self.trusted)
+            .map_err(|_| Verdict::BadRequest(BadRequest::ForwardedFor))
+    }
+
+    async fn crowdsec(&self, client: IpAddr) -> CrowdsecState {
+        match &self.bouncer {
+            Some(b) => b.check(client).await,
+            None => CrowdsecState::Off,
+        }
+    }
+
+    async fn decision<B>(
+        &self,
+        req: &Request<B>,
+        peer: IpAddr,
+        endpoint: Endpoint,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let peer = crate::client_ip::canonical(peer);
+        let view = View::new(req, self.trusted.contains(peer));
+        let response = match self.verdict(&view, peer).await {
+            Ok(verdict) => {
+                self.metrics
+                    .record(endpoint, verdict.label(), started.elapsed().as_secs_f64());
+                if let Verdict::BadRequest(why) = &verdict {
+                    tracing::debug!(%peer, reason = %why, "bad forward-auth request");
+                }
+                self.respond(verdict, &view, endpoint)
+            }
+            Err(callback) => callback,
+        };
+        response
+    }
+
+    /// The verdict for `/auth`; `Err` carries a finished response for the OAuth callback seen
+    /// through ForwardAuth.
+    async fn verdict(&self, view: &View<'_>, peer: IpAddr) -> Result<Verdict, Response<Body>> {
+        let client = match self.client(view, peer) {
+            Ok(ip) => ip,
+            Err(v) => return Ok(v),
+        };
+        let crowdsec = self.crowdsec(client).await;
+        // With `key = "user"` the session is needed before the rate limit.
+        let mut session = None;
+        if let Some(login) = &self.login {
+            if self.limiter.keyed_by_user() {
+                session = Some(login.session(view).await);
+            }
+        }
+        let user = match &session {
+            Some(SessionState::Valid { email }) => Some(email.as_ref()),
+            _ => None,
+        };
+        let step = decide(
+            client,
+            crowdsec,
+            &self.limiter,
+            &self.rules,
+            &view.forwarded,
+            user,
+        );
+        match (step, &self.login) {
+            (Step::Done(v), _) => Ok(v),
+            (Step::Callback, Some(login)) => {
+                let uri = view
+                    .forwarded
+                    .uri
+                    .and_then(|u| std::str::from_utf8(u).ok())
+                    .unwrap_or("");
+                let query = uri.split_once('?').map_or("", |(_, q)| q);
+                let query = query.split_once('#').map_or(query, |(q, _)| q);
+                Err(login.callback(view, query).await)
+            }
+            (Step::NeedsSession, Some(login)) => {
+                let session = match session {
+                    Some(s) => s,
+                    None => login.session(view).await,
+                };
+                Ok(session_verdict(&session, &login.emails))
+            }
+            // Without a provider no rule can ask for a login (the config loader refuses it).
+            (Step::Callback | Step::NeedsSession, None) => Ok(Verdict::Login),
+        }
+    }
+
+    /// The one mapping from a verdict to a response.
+    pub fn respond(&self, verdict: Verdict, view: &View<'_>, endpoint: Endpoint) -> Response<Body> {
+        match verdict {
+            Verdict::Allow { user } => {
+                let mut resp = plain(StatusCode::OK, "");
+                if let Some(user) = user {
+                    if let Ok(v) = HeaderValue::from_str(&user) {
+                        let h = resp.headers_mut();
+                        h.insert(X_AUTH_REQUEST_EMAIL, v.clone());
+                        h.insert(X_AUTH_REQUEST_USER, v.clone());
+                        h.insert(X_FORWARDED_USER, v);
+                    }
+                }
+                resp
+            }
+            Verdict::Banned(_) | Verdict::CrowdsecUnavailable | Verdict::Forbidden => {
+                plain(StatusCode::FORBIDDEN, "forbidden\n")
+            }
+            Verdict::ForbiddenUser => plain(
+                StatusCode::FORBIDDEN,
+                "forbidden: this account is not allowed here\n",
+            ),
+            Verdict::Limited { retry_after_secs } => {
+                let mut resp = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                resp
+            }
+            Verdict::StoreUnavailable => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session store unavailable, try again shortly\n",
+            ),
+            Verdict::Login => {
+                let location = self.login.as_ref().and_then(|l| l.start_url_for(view));
+                match (location, endpoint) {
+                    (Some(loc), Endpoint::AuthRequest) => {
+                        // nginx turns a 302 from auth_request into a 500: 401 + Location.
+                        let mut resp = plain(StatusCode::UNAUTHORIZED, "login required\n");
+                        resp.headers_mut().insert(LOCATION, loc);
+                        resp
+                    }
+                    (Some(loc), Endpoint::Auth) if view.browser_navigation => {
+                        let mut resp = plain(StatusCode::FOUND, "login required\n");
+                        resp.headers_mut().insert(LOCATION, loc);
+                        resp
+                    }
+                    _ => plain(StatusCode::UNAUTHORIZED, "login required\n"),
+                }
+            }
+            Verdict::BadRequest(_) => plain(StatusCode::BAD_REQUEST, "bad request\n"),
+        }
     }
 }
 
@@ -155,7 +375,7 @@ fn single_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
         .filter(|s| !s.is_empty())
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -165,24 +385,6 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
-}
-
-/// The one mapping from a verdict to a response.
-pub fn respond(verdict: Verdict) -> Response<Body> {
-    match verdict {
-        Verdict::Allow => plain(StatusCode::OK, ""),
-        Verdict::Banned(_) | Verdict::CrowdsecUnavailable | Verdict::Forbidden => {
-            plain(StatusCode::FORBIDDEN, "forbidden\n")
-        }
-        Verdict::Limited { retry_after_secs } => {
-            let mut resp = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            resp
-        }
-        Verdict::Login => plain(StatusCode::UNAUTHORIZED, "login required\n"),
-        Verdict::BadRequest(_) => plain(StatusCode::BAD_REQUEST, "bad request\n"),
-    }
 }
 
 #[cfg(test)]

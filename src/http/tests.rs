@@ -13,7 +13,9 @@ const PROXY: &str = "127.0.0.1";
 const OUTSIDER: &str = "203.0.113.9";
 
 fn app(toml: &str) -> Arc<App> {
-    build_app(&config::parse(toml, &[]).unwrap()).unwrap()
+    futures_util::FutureExt::now_or_never(build_app(&config::parse(toml, &[]).unwrap()))
+        .expect("building the app waits for nothing")
+        .unwrap()
 }
 
 fn forwarded(uri: &str) -> http::request::Builder {
@@ -255,18 +257,30 @@ async fn oversized_headers_are_431() {
 }
 
 #[tokio::test]
-async fn login_routes_never_allow_without_a_session() {
-    // No provider can be configured yet, so reach the login verdict through the pipeline's
-    // response mapping: it must be 401, never 2xx.
-    assert_eq!(respond(Verdict::Login).status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        respond(Verdict::CrowdsecUnavailable).status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        respond(Verdict::Banned(crate::crowdsec::Kind::Captcha)).status(),
-        StatusCode::FORBIDDEN
-    );
+async fn deny_verdicts_never_answer_2xx() {
+    let a = app("");
+    let req = forwarded("/").body(()).unwrap();
+    let view = View::new(&req, true);
+    for v in [
+        Verdict::Login,
+        Verdict::CrowdsecUnavailable,
+        Verdict::Banned(crate::crowdsec::Kind::Captcha),
+        Verdict::Forbidden,
+        Verdict::ForbiddenUser,
+        Verdict::StoreUnavailable,
+        Verdict::Limited {
+            retry_after_secs: 1,
+        },
+        Verdict::BadRequest(crate::decision::BadRequest::Uri),
+    ] {
+        for e in [
+            crate::metrics::Endpoint::Auth,
+            crate::metrics::Endpoint::AuthRequest,
+        ] {
+            let status = a.respond(v.clone(), &view, e).status();
+            assert!(!status.is_success(), "{v:?} on {e:?} answered {status}");
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,468 @@
+//! The login endpoints: `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out`,
+//! `/oauth2/userinfo` and the small `/` page.
+//!
+//! Invariants: no login answer is 2xx unless it only shows information; a failed login creates
+//! no session; a `state` works once and only in the browser that started it (binding cookie);
+//! every `Location` is absolute and, when it comes from the request, passed the redirect
+//! policy; login outcomes are counted in `jacker_gate_logins_total`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use tracing::{info, warn};
+use url::Url;
+
+use super::{plain, Body, View};
+use crate::metrics::Metrics;
+use crate::oauth::email::{EmailPolicy, EmailVerdict};
+use crate::oauth::redirect::RedirectPolicy;
+use crate::oauth::{LoginError, Provider};
+use crate::session::cookie::{random_id, store_key, Purpose};
+use crate::session::{LoginRecord, SessionState, Sessions};
+
+/// How long a login attempt (state, PKCE verifier, nonce) stays valid.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+
+pub struct Login {
+    pub provider: Arc<Provider>,
+    pub sessions: Arc<Sessions>,
+    pub emails: EmailPolicy,
+    pub redirects: RedirectPolicy,
+    pub public_url: Url,
+    pub cookie_name: String,
+    pub binding_cookie_name: String,
+    pub cookie_domains: Vec<String>,
+    pub cookie_secure: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head><body><h1>{title}</h1>{body_html}</body></html>\n",
+        title = escape_html(title)
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(html)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    resp
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut resp = plain(StatusCode::FOUND, "");
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            resp.headers_mut().insert(LOCATION, v);
+            resp
+        }
+        Err(_) => plain(StatusCode::BAD_REQUEST, "bad request\n"),
+    }
+}
+
+/// `{public_url}{path}`, keeping any path prefix of `public_url`.
+pub fn endpoint_of(public_url: &Url, path: &str) -> Url {
+    let mut url = public_url.clone();
+    let base = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("{base}{path}"));
+    url.set_query(None);
+    url
+}
+
+impl Login {
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .logins
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    /// `{public_url}{path}`.
+    pub fn endpoint(&self, path: &str) -> Url {
+        endpoint_of(&self.public_url, path)
+    }
+
+    /// Where `/auth` sends a visitor without a session: `/oauth2/start?rd=<the original URL>`.
+    pub fn start_url_for(&self, view: &View<'_>) -> Option<HeaderValue> {
+        let mut url = self.endpoint("/oauth2/start");
+        if let (Some(host), Some(uri)) = (view.host(), view.forwarded.uri) {
+            if let Ok(uri) = std::str::from_utf8(uri) {
+                let original = format!("{}://{host}{uri}", view.proto);
+                url.query_pairs_mut().append_pair("rd", &original);
+            }
+        }
+        HeaderValue::from_str(url.as_str()).ok()
+    }
+
+    /// The `Domain` for cookies on `host`: the configured cookie domain that covers it, if any.
+    fn cookie_domain(&self, host: Option<&str>) -> Option<&str> {
+        let host = crate::rules::normalize_host(host?).into_owned();
+        self.cookie_domains.iter().map(String::as_str).find(|d| {
+            let bare = d.trim_start_matches('.');
+            host == bare
+                || (host.len() > bare.len()
+                    && host.ends_with(bare)
+                    && host.as_bytes()[host.len() - bare.len() - 1] == b'.')
+        })
+    }
+
+    fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        max_age: u64,
+        domain: Option<&str>,
+    ) -> HeaderValue {
+        let mut c = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax");
+        if self.cookie_secure {
+            c.push_str("; Secure");
+        }
+        if let Some(d) = domain {
+            c.push_str("; Domain=");
+            c.push_str(d.trim_start_matches('.'));
+        }
+        HeaderValue::from_str(&c).expect("cookie names and values are header-safe")
+    }
+
+    pub async fn session(&self, view: &View<'_>) -> SessionState {
+        self.sessions.resolve(view.cookies(&self.cookie_name)).await
+    }
+
+    /// The return URL for `rd`, or `public_url` when it is missing or not allowed.
+    fn return_url(&self, rd: Option<&str>, view: &View<'_>) -> String {
+        let origin = view.host().map(|h| (view.proto, h));
+        rd.and_then(|rd| self.redirects.check(rd, origin))
+            .map_or_else(|| self.public_url.to_string(), |u| u.to_string())
+    }
+
+    pub async fn start(&self, view: &View<'_>, query: &str) -> Response<Body> {
+        let rd = query_param(query, "rd");
+        let return_url = self.return_url(rd.as_deref(), view);
+        let hint = query_param(query, "login_hint");
+        let attempt = match self.provider.begin(hint.as_deref()).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.count("provider_error");
+                warn!(error = %e, "cannot start a login");
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable",
+                    "<p>The identity provider cannot be reached right now. Please try again in a minute.</p>",
+                );
+            }
+        };
+        // One binding cookie per browser: reuse it, so parallel logins in several tabs share
+        // it instead of piling up cookies or overwriting each other.
+        let existing = view.cookies(&self.binding_cookie_name).find_map(|v| {
+            self.sessions
+                .codec()
+                .verify(Purpose::LoginBinding, v)
+                .map(str::to_owned)
+        });
+        let (binding_id, fresh) = match existing {
+            Some(id) => (id, false),
+            None => (random_id(), true),
+        };
+        let record = LoginRecord {
+            pkce_verifier: attempt.pkce_verifier,
+            nonce: attempt.nonce,
+            return_url,
+            binding: store_key(&binding_id),
+        };
+        if self
+            .sessions
+            .put_login(&attempt.state, &record, LOGIN_TTL)
+            .await
+            .is_err()
+        {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable",
+                "<p>The session store cannot be reached right now. Please try again in a minute.</p>",
+            );
+        }
+        let mut resp = redirect(attempt.authorize_url.as_str());
+        let domain = self.cookie_domain(view.host());
+        let value = self
+            .sessions
+            .codec()
+            .sign(Purpose::LoginBinding, &binding_id);
+        // Re-sent even when reused, to extend it for this attempt's lifetime.
+        resp.headers_mut().append(
+            SET_COOKIE,
+            self.set_cookie(
+                &self.binding_cookie_name,
+                &value,
+                LOGIN_TTL.as_secs(),
+                domain,
+            ),
+        );
+        let _ = fresh;
+        resp
+    }
+
+    fn login_failed(
+        &self,
+        result: &'static str,
+        status: StatusCode,
+        message: &str,
+    ) -> Response<Body> {
+        self.count(result);
+        let again = self.endpoint("/oauth2/start");
+        page(
+            status,
+            "Sign-in failed",
+            &format!(
+                "<p>{}</p><p><a href=\"{}\">Try again</a></p>",
+                escape_html(message),
+                escape_html(again.as_str())
+            ),
+        )
+    }
+
+    pub async fn callback(&self, view: &View<'_>, query: &str) -> Response<Body> {
+        if let Some(error) = query_param(query, "error") {
+            info!(error = %error, "the identity provider returned an error");
+            return self.login_failed(
+                "provider_error",
+                StatusCode::UNAUTHORIZED,
+                "The identity provider did not sign you in.",
+            );
+        }
+        let (Some(state), Some(code)) = (query_param(query, "state"), query_param(query, "code"))
+        else {
+            return self.login_failed(
+                "invalid_state",
+                StatusCode::BAD_REQUEST,
+                "The sign-in link is incomplete.",
+            );
+        };
+        let record = match self.sessions.take_login(&state).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return self.login_failed(
+                    "invalid_state",
+                    StatusCode::BAD_REQUEST,
+                    "This sign-in attempt is unknown, expired or already used.",
+                )
+            }
+            Err(_) => {
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable",
+                    "<p>The session store cannot be reached right now. Please try again in a minute.</p>",
+                )
+            }
+        };
+        // The attempt must finish in the browser that started it.
+        let bound = view
+            .cookies(&self.binding_cookie_name)
+            .filter_map(|v| self.sessions.codec().verify(Purpose::LoginBinding, v))
+            .any(|id| store_key(id) == record.binding);
+        if !bound {
+            return self.login_failed(
+                "invalid_state",
+                StatusCode::BAD_REQUEST,
+                "This sign-in attempt was started in another browser.",
+            );
+        }
+        if let Some(iss) = query_param(query, "iss") {
+            // RFC 9207: the provider names itself; a mix-up attack names another.
+            if !self.provider.issuer_matches(&iss) {
+                return self.login_failed(
+                    "invalid_state",
+                    StatusCode::BAD_REQUEST,
+                    "The sign-in answer came from an unexpected provider.",
+                );
+            }
+        }
+        let identity = match self
+            .provider
+            .finish(&code, &record.pkce_verifier, &record.nonce)
+            .await
+        {
+            Ok(id) => id,
+            Err(LoginError::ProviderUnavailable(e)) => {
+                self.count("provider_error");
+                warn!(error = %e, "identity provider unavailable at the callback");
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable",
+                    "<p>The identity provider cannot be reached right now. Please try again in a minute.</p>",
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "login rejected");
+                return self.login_failed(
+                    "provider_error",
+                    StatusCode::UNAUTHORIZED,
+                    "The identity provider's answer could not be verified.",
+                );
+            }
+        };
+        match self.emails.check(
+            &identity.email,
+            identity.email_verified,
+            identity.hd.as_deref(),
+        ) {
+            EmailVerdict::Allowed => {}
+            EmailVerdict::Unverified => {
+                info!("login denied: email not verified");
+                return self.login_failed(
+                    "unverified",
+                    StatusCode::FORBIDDEN,
+                    "This account's email address is not verified.",
+                );
+            }
+            EmailVerdict::Denied => {
+                info!("login denied: account not allowed");
+                return self.login_failed(
+                    "denied_email",
+                    StatusCode::FORBIDDEN,
+                    "This account is not allowed here.",
+                );
+            }
+        }
+        let email = identity.email.to_ascii_lowercase();
+        let value = match self.sessions.create(&email).await {
+            Ok(v) => v,
+            Err(_) => {
+                return page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in is unavailable",
+                    "<p>The session store cannot be reached right now. Please try again in a minute.</p>",
+                )
+            }
+        };
+        self.count("success");
+        info!(user = %email, "login");
+        let mut resp = redirect(&record.return_url);
+        let domain = self.cookie_domain(view.host());
+        resp.headers_mut().append(
+            SET_COOKIE,
+            self.set_cookie(
+                &self.cookie_name,
+                &value,
+                self.sessions.lifetime().as_secs(),
+                domain,
+            ),
+        );
+        resp
+    }
+
+    pub async fn sign_out(&self, view: &View<'_>, query: &str) -> Response<Body> {
+        let result = self.sessions.revoke(view.cookies(&self.cookie_name)).await;
+        let rd = query_param(query, "rd");
+        let target = rd.as_deref().and_then(|rd| {
+            self.redirects
+                .check(rd, view.host().map(|h| (view.proto, h)))
+        });
+        let mut resp = match (&result, target) {
+            (Err(_), _) => page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-out incomplete",
+                "<p>The session store cannot be reached; your session may still be valid elsewhere. Please try again.</p>",
+            ),
+            (Ok(()), Some(url)) => redirect(url.as_str()),
+            (Ok(()), None) => page(
+                StatusCode::OK,
+                "Signed out",
+                &format!(
+                    "<p>You are signed out.</p><p><a href=\"{}\">Sign in again</a></p>",
+                    escape_html(self.endpoint("/oauth2/start").as_str())
+                ),
+            ),
+        };
+        // Clear the cookie both with the matching Domain and host-only.
+        let domain = self.cookie_domain(view.host());
+        let h = resp.headers_mut();
+        h.append(SET_COOKIE, self.set_cookie(&self.cookie_name, "", 0, None));
+        if domain.is_some() {
+            h.append(
+                SET_COOKIE,
+                self.set_cookie(&self.cookie_name, "", 0, domain),
+            );
+        }
+        resp
+    }
+
+    pub async fn userinfo(&self, view: &View<'_>) -> Response<Body> {
+        match self.session(view).await {
+            SessionState::Valid { email } if self.emails.allows_session(&email) => {
+                let body = serde_json::json!({ "email": &*email, "user": &*email }).to_string();
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+            SessionState::Valid { .. } => plain(StatusCode::FORBIDDEN, "forbidden\n"),
+            SessionState::StoreUnavailable => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session store unavailable\n",
+            ),
+            SessionState::None => plain(StatusCode::UNAUTHORIZED, "not signed in\n"),
+        }
+    }
+
+    pub async fn home(&self, view: &View<'_>) -> Response<Body> {
+        let start = self.endpoint("/oauth2/start");
+        let out = self.endpoint("/oauth2/sign_out");
+        match self.session(view).await {
+            SessionState::Valid { email } => page(
+                StatusCode::OK,
+                "jacker-gate",
+                &format!(
+                    "<p>Signed in as <b>{}</b>.</p><form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form>",
+                    escape_html(&email),
+                    escape_html(out.as_str())
+                ),
+            ),
+            SessionState::StoreUnavailable => page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jacker-gate",
+                "<p>The session store cannot be reached right now.</p>",
+            ),
+            SessionState::None => page(
+                StatusCode::OK,
+                "jacker-gate",
+                &format!(
+                    "<p>You are not signed in.</p><p><a href=\"{}\">Sign in</a></p>",
+                    escape_html(start.as_str())
+                ),
+            ),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The session and login-binding cookies: random ids signed with HMAC-SHA256.
+//!
+//! Invariants: an id is 256 random bits from the OS-seeded CSPRNG; a cookie verifies only if
+//! its MAC matches under the key for its purpose (a binding cookie never verifies as a
+//! session, and vice versa), compared in constant time; any change to any byte fails.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A fresh random id, as URL-safe base64 (43 characters).
+pub fn random_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The store key for an id: its SHA-256, so that whoever reads the store cannot present the
+/// ids it finds there (they would still need the cookie key, but two locks beat one).
+pub fn store_key(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// What a signed value is for; each purpose signs with its own derived key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Session,
+    LoginBinding,
+}
+
+#[derive(Clone)]
+pub struct CookieCodec {
+    session_key: [u8; 32],
+    binding_key: [u8; 32],
+}
+
+impl std::fmt::Debug for CookieCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieCodec(..)")
+    }
+}
+
+impl CookieCodec {
+    /// `secret` is the decoded cookie secret (≥ 32 bytes, checked by the config loader).
+    pub fn new(secret: &[u8]) -> Self {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        };
+        Self {
+            session_key: derive(b"jacker-gate session cookie v1"),
+            binding_key: derive(b"jacker-gate login binding v1"),
+        }
+    }
+
+    fn mac(&self, purpose: Purpose) -> HmacSha256 {
+        let key = match purpose {
+            Purpose::Session => &self.session_key,
+            Purpose::LoginBinding => &self.binding_key,
+        };
+        HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+    }
+
+    /// `id.mac`, both URL-safe base64: safe in a cookie value without quoting.
+    pub fn sign(&self, purpose: Purpose, id: &str) -> String {
+        let mut mac = self.mac(purpose);
+        mac.update(id.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{id}.{tag}")
+    }
+
+    /// The id inside `value` if its signature holds.
+    pub fn verify<'a>(&self, purpose: Purpose, value: &'a str) -> Option<&'a str> {
+        let (id, tag) = value.split_once('.')?;
+        if id.len() != 43
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let mut mac = self.mac(purpose);
+        mac.update(id.as_bytes());
+        mac.verify_slice(&tag).ok()?;
+        Some(id)
+    }
+}
+
+/// Every value of the cookie `name` in the request's `Cookie` headers, in order. Browsers may
+/// send several with one name (different paths or domains); the caller tries each.
+pub fn cookie_values<'a>(
+    headers: impl Iterator<Item = &'a [u8]>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .filter_map(|h| std::str::from_utf8(h).ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let codec = CookieCodec::new(&[7u8; 32]);
+        let id = random_id();
+        assert_eq!(id.len(), 43);
+        assert_ne!(id, random_id());
+        let value = codec.sign(Purpose::Session, &id);
+        assert_eq!(codec.verify(Purpose::Session, &value), Some(id.as_str()));
+        // Purposes do not mix, and other keys do not verify.
+        assert_eq!(codec.verify(Purpose::LoginBinding, &value), None);
+        assert_eq!(
+            CookieCodec::new(&[8u8; 32]).verify(Purpose::Session, &value),
+            None
+        );
+    }
+
+    #[test]
+    fn any_changed_byte_fails() {
+        let codec = CookieCodec::new(b"0123456789abcdef0123456789abcdef");
+        let value = codec.sign(Purpose::Session, &random_id());
+        let bytes = value.as_bytes();
+        for i in 0..bytes.len() {
+            for replacement in [b'A', b'_', b'.', b'0'] {
+                if bytes[i] == replacement {
+                    continue;
+                }
+                let mut changed = bytes.to_vec();
+                changed[i] = replacement;
+                let changed = String::from_utf8(changed).unwrap();
+                assert_eq!(codec.verify(Purpose::Session, &changed), None, "{changed}");
+            }
+        }
+        for bad in [
+            "",
+            ".",
+            "abc",
+            &value[..value.len() - 1],
+            &format!("{value}A"),
+        ] {
+            assert_eq!(codec.verify(Purpose::Session, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let headers: Vec<&[u8]> = vec![b"a=1; _jg=one; b=2", b"_jg=\"two\"", b"_jgx=no"];
+        let got: Vec<&str> = cookie_values(headers.into_iter(), "_jg").collect();
+        assert_eq!(got, ["one", "two"]);
+        assert_eq!(store_key("x").len(), 64);
+    }
+}
