@@ -1493,9 +1493,18 @@ fn redis_loads_the_acl_built_from_the_secrets_and_enforces_it() {
         "+OK"
     );
     assert_eq!(resp(&mut gate, &["GET", "jacker-gate:s:1"]), "v");
-    assert!(resp(&mut gate, &["PUBLISH", "jacker-gate:signout", "x"]).starts_with(':'));
+    // The commands the gate's Redis store sends (src/session/redis.rs).
+    assert_eq!(
+        resp(&mut gate, &["SET", "jacker-gate:login:st", "r", "EX", "600"]),
+        "+OK"
+    );
+    assert_eq!(resp(&mut gate, &["GETDEL", "jacker-gate:login:st"]), "r");
+    assert!(resp(&mut gate, &["DEL", "jacker-gate:s:1"]).starts_with(':'));
+    assert!(resp(&mut gate, &["PUBLISH", "jacker-gate:revoked", "x"]).starts_with(':'));
     for denied in [
-        &["FLUSHALL"][..],
+        &["SET", "other-app:key", "v"][..],
+        &["PUBLISH", "other-channel", "x"],
+        &["FLUSHALL"],
         &["KEYS", "*"],
         &["CONFIG", "GET", "*"],
         &["ACL", "LIST"],
