@@ -11,7 +11,7 @@
 #   ALERTMANAGER_SLACK_WEBHOOK_URL  a Slack incoming-webhook URL for Alertmanager (optional)
 # Without them a placeholder is written and compose/validate reports it.
 #
-# The cookie secret comes from `jacker-gate gen-secret` when the binary is found ($JACKER_GATE_BIN,
+# The cookie secret comes from `jacker-gate gen-secret` when the binary is found ($GATE_BIN,
 # PATH, or target/{release,debug} of this repository), else from 32 random bytes in base64, the
 # same format.
 #
@@ -45,7 +45,7 @@ random_hex() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
 
 gate_bin() {
   local c
-  for c in "${JACKER_GATE_BIN:-}" "$(command -v jacker-gate 2>/dev/null || true)" \
+  for c in "${GATE_BIN:-}" "$(command -v jacker-gate 2>/dev/null || true)" \
            "$here/../target/release/jacker-gate" "$here/../target/debug/jacker-gate"; do
     if [ -n "$c" ] && [ -x "$c" ]; then
       echo "$c"

@@ -860,7 +860,7 @@ fn run_secrets_script(dir: &Path) -> Output {
     run(Command::new("bash")
         .arg(compose_dir().join("secrets.sh"))
         .arg(dir)
-        .env("JACKER_GATE_BIN", GATE)
+        .env("GATE_BIN", GATE)
         .env("OAUTH_CLIENT_SECRET", "GOCSPX-test-client-secret")
         .env_remove("ALERTMANAGER_SLACK_WEBHOOK_URL")
         .stdin(Stdio::null()))
@@ -882,73 +882,26 @@ fn the_deployment_gate_config_passes_check_config_with_the_generated_secrets() {
     let env = gate_env_from_compose();
     let out = check_config(&config, &env);
     let said = text(&out);
-    match out.status.code() {
-        Some(0) => {
-            let effective: toml::Table = String::from_utf8_lossy(&out.stdout)
-                .parse()
-                .expect("check-config prints TOML");
-            assert_eq!(effective["auth"]["provider"].as_str(), Some("google"));
-            assert_eq!(effective["session"]["store"].as_str(), Some("redis"));
-        }
-        Some(64) => {
-            // FIXME(issue 3, Google login and Redis sessions): this version of jacker-gate rejects
-            // `auth.provider` because login is not implemented yet. Today's behaviour: that is the
-            // only problem, and the same config without [auth] passes. When issue 3 lands the
-            // branch above is taken; then delete this one.
-            let problems: Vec<&str> = said
-                .lines()
-                .filter(|l| l.starts_with("  "))
-                .map(str::trim)
-                .collect();
-            assert!(
-                !problems.is_empty() && problems.iter().all(|p| p.starts_with("auth.")),
-                "check-config rejects more than the missing login: {said}"
-            );
-            let without_auth = strip_table(&read(&config), "auth");
-            std::fs::write(&config, without_auth).unwrap();
-            let env: BTreeMap<String, String> = env
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with("JACKER_GATE_AUTH__"))
-                .collect();
-            let out = check_config(&config, &env);
-            assert!(out.status.success(), "without [auth]: {}", text(&out));
-            let effective: toml::Table = String::from_utf8_lossy(&out.stdout)
-                .parse()
-                .expect("check-config prints TOML");
-            assert_eq!(effective["session"]["store"].as_str(), Some("redis"));
-            assert_eq!(effective["crowdsec"]["mode"].as_str(), Some("stream"));
-            let shown = String::from_utf8_lossy(&out.stdout);
-            for name in [
-                "crowdsec_bouncer_key",
-                "redis_gate_password",
-                "gate_cookie_secret",
-            ] {
-                let value = read(&secrets.join(name));
-                assert!(
-                    !shown.contains(&value),
-                    "check-config printed the {name} value"
-                );
-            }
-        }
-        other => panic!("check-config exit {other:?}: {said}"),
+    assert!(out.status.success(), "check-config: {said}");
+    let effective: toml::Table = String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .expect("check-config prints TOML");
+    assert_eq!(effective["auth"]["provider"].as_str(), Some("google"));
+    assert_eq!(effective["session"]["store"].as_str(), Some("redis"));
+    assert_eq!(effective["crowdsec"]["mode"].as_str(), Some("stream"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "crowdsec_bouncer_key",
+        "redis_gate_password",
+        "gate_cookie_secret",
+        "oauth_client_secret",
+    ] {
+        let value = read(&secrets.join(name));
+        assert!(
+            !shown.contains(&value),
+            "check-config printed the {name} value"
+        );
     }
-}
-
-/// The TOML text without one `[table]` (up to the next table header).
-fn strip_table(toml_text: &str, table: &str) -> String {
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in toml_text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            skipping = t == format!("[{table}]");
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 #[test]
@@ -1028,7 +981,7 @@ fn validate_names_each_problem_and_its_fix() {
             .env("ENV_FILE", env_file)
             .env("SECRETS_DIR", secrets)
             .env("DOCKER_COMPOSE", compose_bin())
-            .env("JACKER_GATE_BIN", GATE)
+            .env("GATE_BIN", GATE)
             .env("SKIP_PORT_CHECK", "1")
             .stdin(Stdio::null()))
     };
@@ -1086,13 +1039,10 @@ fn validate_names_each_problem_and_its_fix() {
         "{said}"
     );
     let failures: Vec<&str> = said.lines().filter(|l| l.starts_with("FAIL")).collect();
-    // FIXME(issue 3): check-config also fails today, on auth.provider only (login not
-    // implemented yet); once login lands the rules check is the only failure.
-    let gate_fail = said.contains("FAIL  jacker-gate check-config");
-    if gate_fail {
-        assert!(said.contains("auth.provider"), "{said}");
-    }
-    assert_eq!(failures.len(), 1 + usize::from(gate_fail), "{said}");
+    // The deployment's gate config (Google login, Redis sessions, CrowdSec stream) passes
+    // check-config with the secrets the script made: the rules check is the only failure.
+    assert!(said.contains("ok    jacker-gate check-config"), "{said}");
+    assert_eq!(failures.len(), 1, "{said}");
     assert_eq!(out.status.code(), Some(failures.len() as i32));
 }
 
@@ -1495,7 +1445,10 @@ fn redis_loads_the_acl_built_from_the_secrets_and_enforces_it() {
     assert_eq!(resp(&mut gate, &["GET", "jacker-gate:s:1"]), "v");
     // The commands the gate's Redis store sends (src/session/redis.rs).
     assert_eq!(
-        resp(&mut gate, &["SET", "jacker-gate:login:st", "r", "EX", "600"]),
+        resp(
+            &mut gate,
+            &["SET", "jacker-gate:login:st", "r", "EX", "600"]
+        ),
         "+OK"
     );
     assert_eq!(resp(&mut gate, &["GETDEL", "jacker-gate:login:st"]), "r");
