@@ -22,6 +22,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) struct GateSetup {
     dir: TempDir,
     env: BTreeMap<String, String>,
+    port: Option<u16>,
 }
 
 impl GateSetup {
@@ -42,6 +43,13 @@ impl GateSetup {
         self
     }
 
+    /// Listens on `port` (from `free_port()`) instead of a port picked at start: for a gate whose
+    /// own URL must be known before it starts (its `server.public_url`, a peer's config).
+    pub(crate) fn port(mut self, port: u16) -> GateSetup {
+        self.port = Some(port);
+        self
+    }
+
     /// Writes `toml` (with `server.listen` set to a free port) and starts the gate, waiting until
     /// `/healthz` answers 200. Panics, with the gate's logs, if it exits or never gets healthy.
     pub(crate) fn start(self, toml: &str) -> Gate {
@@ -52,7 +60,7 @@ impl GateSetup {
 
     /// Like `start` but does not wait for `/healthz`: for a gate that is expected to fail.
     pub(crate) fn launch(self, toml: &str) -> Gate {
-        let port = free_port();
+        let port = self.port.unwrap_or_else(free_port);
         let config_path = self.dir.path().join("gate.toml");
         write_config(&config_path, toml, port);
         let client = reqwest::Client::builder()
@@ -94,6 +102,7 @@ impl Gate {
                 .tempdir()
                 .expect("create gate temp dir"),
             env: BTreeMap::new(),
+            port: None,
         }
     }
 

@@ -9,9 +9,15 @@
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub(crate) mod browser;
 pub(crate) mod crowdsec;
 pub(crate) mod gate;
+pub(crate) mod login;
+pub(crate) mod oidc;
+pub(crate) mod proxy;
 pub(crate) mod redis;
+pub(crate) mod upstream;
+pub(crate) mod web;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

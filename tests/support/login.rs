@@ -1,0 +1,329 @@
+//! Login test plumbing shared by `tests/login.rs`, `tests/proxies.rs` and `tests/browser.rs`: the
+//! install hint for the login peers, a gate config with `[auth]` and `[session]` pointing at the
+//! test provider, and the walk of one login through gate and provider redirects.
+
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+use super::gate::Gate;
+use super::oidc::OidcProvider;
+use super::web::{Browser, Response};
+
+/// What installs the login peers (Node packages, Chromium, Caddy, nginx, Redis).
+pub(crate) const INSTALL: &str = "bash tests/support/install-login-peers.sh";
+
+/// The gate's default session cookie name (SPEC `session.cookie_name`).
+pub(crate) const COOKIE_NAME: &str = "_jacker_gate";
+
+/// base64 of 32 bytes: the cookie secret every test gate uses (two replicas must share it).
+pub(crate) const COOKIE_SECRET: &str = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtb2Ytc2VjcmV0IQ==";
+
+/// Finds `name` on `PATH`, or fails naming the install script.
+pub(crate) fn require_login_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed; the login tests need real peers: run `{INSTALL}`")
+        })
+}
+
+/// Checks that `npm ci` ran in `dir` (a folder under tests/support/), or fails naming the install
+/// script.
+pub(crate) fn require_node_package(dir: &Path, package: &str) {
+    let manifest = dir.join("node_modules").join(package).join("package.json");
+    assert!(
+        manifest.is_file(),
+        "npm package `{package}` is not installed in {}; run `{INSTALL}`",
+        dir.display()
+    );
+}
+
+/// Where sessions live.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    Memory,
+    /// A `redis://` URL.
+    Redis(String),
+}
+
+/// A gate with login: `LoginGate::new(&provider, port).allowed_domains(..).start()`. The port is
+/// chosen before the provider starts, since the provider must know the redirect URI
+/// `{public_url}/oauth2/callback`.
+#[derive(Clone, Debug)]
+pub(crate) struct LoginGate {
+    port: u16,
+    provider: String,
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    public_url: String,
+    allowed_domains: Vec<String>,
+    allowed_emails: Vec<String>,
+    redirect_domains: Vec<String>,
+    store: Store,
+    cookie_domains: Vec<String>,
+    cache_ttl: Option<String>,
+    lifetime: Option<String>,
+    extra: String,
+}
+
+impl LoginGate {
+    /// `provider = "oidc"` at `idp`, public URL `http://127.0.0.1:{port}`, `allowed_domains =
+    /// ["example.com"]`, memory store, host-only cookie, `cookie_secure = false`, rate limit off,
+    /// every route `login`.
+    pub(crate) fn new(idp: &OidcProvider, port: u16) -> LoginGate {
+        LoginGate {
+            port,
+            provider: "oidc".to_owned(),
+            issuer: idp.issuer().to_owned(),
+            client_id: idp.client_id().to_owned(),
+            client_secret: idp.client_secret().to_owned(),
+            public_url: format!("http://127.0.0.1:{port}"),
+            allowed_domains: vec!["example.com".to_owned()],
+            allowed_emails: Vec::new(),
+            redirect_domains: vec![format!("127.0.0.1:{port}")],
+            store: Store::Memory,
+            cookie_domains: Vec::new(),
+            cache_ttl: None,
+            lifetime: None,
+            extra: String::new(),
+        }
+    }
+
+    /// `"oidc"` or `"google"` (adds the `hd` check).
+    pub(crate) fn provider(mut self, kind: &str) -> LoginGate {
+        self.provider = kind.to_owned();
+        self
+    }
+
+    pub(crate) fn client_secret(mut self, secret: &str) -> LoginGate {
+        self.client_secret = secret.to_owned();
+        self
+    }
+
+    pub(crate) fn public_url(mut self, url: &str) -> LoginGate {
+        self.public_url = url.to_owned();
+        self
+    }
+
+    pub(crate) fn allowed_domains(mut self, domains: &[&str]) -> LoginGate {
+        self.allowed_domains = domains.iter().map(|d| (*d).to_owned()).collect();
+        self
+    }
+
+    pub(crate) fn allowed_emails(mut self, emails: &[&str]) -> LoginGate {
+        self.allowed_emails = emails.iter().map(|d| (*d).to_owned()).collect();
+        self
+    }
+
+    pub(crate) fn redirect_domains(mut self, domains: &[&str]) -> LoginGate {
+        self.redirect_domains = domains.iter().map(|d| (*d).to_owned()).collect();
+        self
+    }
+
+    pub(crate) fn store(mut self, store: Store) -> LoginGate {
+        self.store = store;
+        self
+    }
+
+    pub(crate) fn cookie_domains(mut self, domains: &[&str]) -> LoginGate {
+        self.cookie_domains = domains.iter().map(|d| (*d).to_owned()).collect();
+        self
+    }
+
+    pub(crate) fn cache_ttl(mut self, ttl: &str) -> LoginGate {
+        self.cache_ttl = Some(ttl.to_owned());
+        self
+    }
+
+    pub(crate) fn lifetime(mut self, lifetime: &str) -> LoginGate {
+        self.lifetime = Some(lifetime.to_owned());
+        self
+    }
+
+    /// TOML appended as it is (e.g. `[[rules]]`).
+    pub(crate) fn extra(mut self, toml: &str) -> LoginGate {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The gate's config, with `client_secret_file` and `cookie_secret_file` under `dir`.
+    pub(crate) fn toml(&self, dir: &Path) -> String {
+        let list = |items: &[String]| {
+            let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        let mut session = match &self.store {
+            Store::Memory => "store = \"memory\"\n".to_owned(),
+            Store::Redis(url) => format!("store = \"redis\"\nredis_url = {url:?}\n"),
+        };
+        if let Some(ttl) = &self.cache_ttl {
+            session.push_str(&format!("cache_ttl = {ttl:?}\n"));
+        }
+        if let Some(lifetime) = &self.lifetime {
+            session.push_str(&format!("lifetime = {lifetime:?}\n"));
+        }
+        format!(
+            r#"[server]
+public_url = {public_url:?}
+
+[rate_limit]
+per_second = 0
+
+[auth]
+provider = {provider:?}
+issuer_url = {issuer:?}
+client_id = {client_id:?}
+client_secret_file = {client_secret_file:?}
+allowed_domains = {allowed_domains}
+allowed_emails = {allowed_emails}
+redirect_domains = {redirect_domains}
+
+[session]
+{session}cookie_secret_file = {cookie_secret_file:?}
+cookie_secure = false
+cookie_domains = {cookie_domains}
+
+{extra}"#,
+            public_url = self.public_url,
+            provider = self.provider,
+            issuer = self.issuer,
+            client_id = self.client_id,
+            client_secret_file = dir.join("client_secret").display().to_string(),
+            allowed_domains = list(&self.allowed_domains),
+            allowed_emails = list(&self.allowed_emails),
+            redirect_domains = list(&self.redirect_domains),
+            cookie_secret_file = dir.join("cookie_secret").display().to_string(),
+            cookie_domains = list(&self.cookie_domains),
+            extra = self.extra,
+        )
+    }
+
+    /// Writes the secrets and the config and starts the gate on its port; waits for `/healthz`.
+    pub(crate) fn start(self) -> Gate {
+        let setup = Gate::setup().port(self.port);
+        setup.write_secret("client_secret", &self.client_secret);
+        setup.write_secret("cookie_secret", COOKIE_SECRET);
+        let toml = self.toml(setup.dir());
+        setup.start(&toml)
+    }
+
+    /// The redirect URI the gate sends to the provider.
+    pub(crate) fn callback_url(&self) -> String {
+        format!("{}/oauth2/callback", self.public_url.trim_end_matches('/'))
+    }
+}
+
+/// One login walked from the response that started it to the provider's redirect back to the
+/// gate's callback (not yet followed).
+pub(crate) struct LoginWalk {
+    /// Every response on the way (the starting one first).
+    pub(crate) chain: Vec<Response>,
+    /// The authorization request the gate sent the browser to (before `login_hint` was added).
+    pub(crate) authorize: Url,
+    /// `.../oauth2/callback?code=..&state=..&iss=..`
+    pub(crate) callback: Url,
+}
+
+impl LoginWalk {
+    /// A query parameter of the callback URL.
+    pub(crate) fn callback_param(&self, name: &str) -> Option<String> {
+        query_param(&self.callback, name)
+    }
+
+    /// A query parameter of the authorization request.
+    pub(crate) fn authorize_param(&self, name: &str) -> Option<String> {
+        query_param(&self.authorize, name)
+    }
+}
+
+pub(crate) fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Follows `start` (a redirect that begins a login: from `/auth`, `/oauth2/start`, a proxy) as
+/// `browser`, through the gate's own redirects and the provider's, logging in as `user` (added
+/// as `login_hint` to the authorization request), and stops at the redirect to an
+/// `/oauth2/callback` URL. Panics, with every hop, when the walk ends anywhere else.
+pub(crate) async fn walk_to_callback(
+    browser: &Browser,
+    idp: &OidcProvider,
+    start: Response,
+    user: &str,
+) -> LoginWalk {
+    let mut chain = vec![start];
+    let mut authorize = None;
+    for _ in 0..12 {
+        let last = chain.last().expect("chain");
+        let Some(next) = last.is_redirect().then(|| last.location()).flatten() else {
+            break;
+        };
+        if !idp.is_own(&next) && next.path().ends_with("/oauth2/callback") {
+            let Some(authorize) = authorize else {
+                panic!(
+                    "reached a callback without passing the provider:\n{}",
+                    trail(&chain)
+                )
+            };
+            return LoginWalk {
+                chain,
+                authorize,
+                callback: next,
+            };
+        }
+        let next = if idp.is_authorize_url(&next) {
+            authorize = Some(next.clone());
+            OidcProvider::with_login_hint(&next, user)
+        } else {
+            next
+        };
+        let response = browser.navigate(next.as_str()).await;
+        chain.push(response);
+    }
+    panic!(
+        "the login as {user} did not come back to an /oauth2/callback:\n{}\nprovider log:\n{}",
+        trail(&chain),
+        idp.log()
+    );
+}
+
+/// The whole login as `user`, starting from a browser navigation to `original` behind the gate's
+/// `/auth`: the gate's redirect, the provider, and the callback (followed). Returns the walk and
+/// the gate's answer to the callback.
+pub(crate) async fn log_in(
+    browser: &Browser,
+    gate: &Gate,
+    idp: &OidcProvider,
+    original: &str,
+    user: &str,
+) -> (LoginWalk, Response) {
+    let first = browser
+        .forward_auth(&format!("{}/auth", gate.url()), "GET", original, true, &[])
+        .await;
+    assert_eq!(
+        first.status,
+        302,
+        "a browser navigation without a session must be sent to log in: {}\ngate logs:\n{}",
+        first.describe(),
+        gate.logs()
+    );
+    let walk = walk_to_callback(browser, idp, first, user).await;
+    let answer = browser.navigate(walk.callback.as_str()).await;
+    (walk, answer)
+}
+
+/// Each response of a chain on its own line.
+pub(crate) fn trail(chain: &[Response]) -> String {
+    chain
+        .iter()
+        .map(Response::describe)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
