@@ -178,7 +178,13 @@ impl Sessions {
             };
             let key = store_key(id);
             let now_ms = now_millis();
-            if let Some(hit) = self.cache.get(&key) {
+            // cache_ttl = 0 turns the cache off: every request asks the store.
+            let hit = if self.cache_ttl_ms == 0 {
+                None
+            } else {
+                self.cache.get(&key)
+            };
+            if let Some(hit) = hit {
                 let (email, checked_ms, expires) = hit.clone();
                 if now_ms.saturating_sub(checked_ms) <= self.cache_ttl_ms && expires > now_ms / 1000
                 {
@@ -188,7 +194,7 @@ impl Sessions {
             match self.store.get_session(&key).await {
                 Ok(Some(rec)) if rec.expires > now_ms / 1000 => {
                     let email: Arc<str> = rec.email.into();
-                    if self.cache.len() < CACHE_MAX {
+                    if self.cache_ttl_ms > 0 && self.cache.len() < CACHE_MAX {
                         self.cache.insert(key, (email.clone(), now_ms, rec.expires));
                     }
                     return SessionState::Valid { email };
