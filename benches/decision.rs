@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jacker_gate::client_ip::{client_ip, TrustedProxies};
 use jacker_gate::config::{self};
 use jacker_gate::crowdsec::table::DecisionTable;
-use jacker_gate::decision::{decide, CrowdsecState, Forwarded, Verdict};
+use jacker_gate::decision::{decide, CrowdsecState, Forwarded, Step, Verdict};
 use jacker_gate::ratelimit::Limiter;
 use jacker_gate::rules::Rules;
 
@@ -63,8 +63,11 @@ policy = "deny"
                 host: Some("App.Example.com:443"),
                 uri: Some(b"/static/app.js?v=3"),
             };
-            let v = decide(ip, cs, &limiter, &rules, black_box(&req));
-            debug_assert!(matches!(v, Verdict::Allow | Verdict::Banned(_)));
+            let v = decide(ip, cs, &limiter, &rules, black_box(&req), None);
+            debug_assert!(matches!(
+                v,
+                Step::Done(Verdict::Allow { .. } | Verdict::Banned(_))
+            ));
             black_box(v)
         })
     });

@@ -39,13 +39,24 @@ impl RedisServer {
             .unwrap()
             .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is needed for the cold-session bench: run `bash scripts/install-test-deps.sh`");
+        // Owned from here on, so Drop kills and reaps it on every path.
+        let server = Self(child, port);
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self(child, port);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
