@@ -2,8 +2,14 @@
 //! sqlite database and credentials in a temporary directory, on a free 127.0.0.1 port, with no
 //! online API, no agent and no Prometheus. Every `cscli` call passes `-c DIR/config.yaml`, so the
 //! system's CrowdSec configuration is never read or changed.
+//!
+//! `Lapi::start_with_tls` serves the same API over HTTPS only (`api.server.tls`), with a server
+//! certificate from a test CA and, optionally, client certificate verification; see `LapiTls`.
+
+pub(crate) mod pki;
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use self::pki::{blocking_https_get, https_client, CertPair, TestCa};
 use super::{blocking_get, free_port, kill_and_reap, require_binary, send_signal};
 
 /// How long the LAPI may take to answer `/health` (it takes about 0.2 s here).
@@ -22,12 +29,91 @@ pub(crate) struct Lapi {
     crowdsec: PathBuf,
     cscli: PathBuf,
     child: Option<Child>,
+    /// `None`: plain HTTP.
+    tls: Option<TlsFiles>,
+}
+
+/// How a TLS LAPI treats client certificates (`api.server.tls.client_verification`).
+///
+/// What CrowdSec 1.4.6 does with one (checked against the real thing, pinned in
+/// `tests/crowdsec_tls.rs`): a request that comes with a verified client certificate is
+/// authenticated by that certificate alone and `X-Api-Key` is not even read; the certificate's
+/// `OU` must be in `bouncers_allowed_ou` (set to `bouncer-ou` here) or the answer is 403, and the
+/// bouncer appears in `cscli bouncers list` as `<CN>@<ip>` with auth type `tls`. Requests
+/// without a certificate use the API key as usual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientCerts {
+    /// No `client_verification` key, as an operator who only wants HTTPS writes it. 1.4.6 then
+    /// asks for no certificate but verifies one that is sent against the system roots, so a
+    /// certificate from the test CA fails the handshake.
+    Default,
+    /// `VerifyClientCertIfGiven` with `ca_cert_path` set to the test CA: API key or certificate.
+    VerifiedIfGiven,
+    /// `RequireAndVerifyClientCert` with `ca_cert_path` set to the test CA: no handshake without
+    /// a certificate from that CA.
+    Required,
+}
+
+/// Options for `Lapi::start_with_tls`.
+pub(crate) struct LapiTls<'a> {
+    ca: &'a TestCa,
+    client_certs: ClientCerts,
+    dns_name: Option<String>,
+}
+
+impl<'a> LapiTls<'a> {
+    /// A server certificate for `IP:127.0.0.1` signed by `ca`; client certificates as
+    /// `ClientCerts::Default`.
+    pub(crate) fn new(ca: &'a TestCa) -> LapiTls<'a> {
+        LapiTls {
+            ca,
+            client_certs: ClientCerts::Default,
+            dns_name: None,
+        }
+    }
+
+    pub(crate) fn client_certs(mut self, mode: ClientCerts) -> LapiTls<'a> {
+        self.client_certs = mode;
+        self
+    }
+
+    /// Makes the server certificate name only `DNS:name` (no IP address), so that a client that
+    /// dials `https://127.0.0.1:PORT` must reject it. The harness itself reaches the LAPI under
+    /// that name (resolved to 127.0.0.1 inside its own client), and `cscli` skips verification
+    /// (`api.client.insecure_skip_verify`), so `cscli decisions ...` still works.
+    pub(crate) fn server_dns_name(mut self, name: &str) -> LapiTls<'a> {
+        self.dns_name = Some(name.to_owned());
+        self
+    }
+}
+
+/// The TLS material of a running LAPI, all under its directory (the CA certificate is copied, so
+/// the LAPI can restart after the `TestCa` is gone).
+struct TlsFiles {
+    ca: PathBuf,
+    /// The certificate `cscli` (and the health poll, when certificates are required) presents:
+    /// `OU=agent-ou`, `CN=cscli`.
+    agent: CertPair,
+    client_certs: ClientCerts,
+    dns_name: Option<String>,
 }
 
 impl Lapi {
     /// Starts a LAPI, waits until `/health` says it is up, and registers a machine so that
     /// `cscli decisions ...` can talk to it.
     pub(crate) fn start() -> Lapi {
+        Lapi::launch(None)
+    }
+
+    /// Like `start`, but the LAPI speaks HTTPS only, with a server certificate from `tls.ca`
+    /// (made here, in the LAPI's directory) and the client certificate policy of `tls`. `cscli`
+    /// trusts the CA (`ca_cert_path` in its credentials) and, when certificates are required,
+    /// logs in with one of its own (`OU=agent-ou`) instead of a password.
+    pub(crate) fn start_with_tls(tls: LapiTls<'_>) -> Lapi {
+        Lapi::launch(Some(tls))
+    }
+
+    fn launch(tls: Option<LapiTls<'_>>) -> Lapi {
         let crowdsec = require_binary("crowdsec");
         let cscli = require_binary("cscli");
         let dir = tempfile::Builder::new()
@@ -35,31 +121,70 @@ impl Lapi {
             .tempdir()
             .expect("create LAPI temp dir");
         let port = free_port();
-        write_config(dir.path(), port);
+        let tls = tls.map(|tls| make_tls_files(dir.path(), &tls));
+        write_config(dir.path(), port, tls.as_ref());
         let mut lapi = Lapi {
             dir,
             port,
             crowdsec,
             cscli,
             child: None,
+            tls,
         };
         lapi.spawn();
         let credentials = lapi.path("local_api_credentials.yaml");
-        lapi.cscli(&[
-            "machines",
-            "add",
-            "--auto",
-            "-f",
-            credentials.to_str().expect("utf-8 temp path"),
-            "--url",
-            &lapi.url(),
-        ]);
+        match &lapi.tls {
+            None => {
+                lapi.cscli(&[
+                    "machines",
+                    "add",
+                    "--auto",
+                    "-f",
+                    credentials.to_str().expect("utf-8 temp path"),
+                    "--url",
+                    &lapi.url(),
+                ]);
+            }
+            // 1.4.6 refuses a password and a certificate together ("mutually exclusive"); with a
+            // certificate the LAPI creates and validates the machine `cscli@127.0.0.1` itself.
+            Some(tls) if tls.client_certs == ClientCerts::Required => {
+                fs::write(
+                    &credentials,
+                    format!(
+                        "url: {}\nca_cert_path: {}\ncert_path: {}\nkey_path: {}\n",
+                        lapi.url(),
+                        tls.ca.display(),
+                        tls.agent.cert.display(),
+                        tls.agent.key.display()
+                    ),
+                )
+                .expect("write cscli credentials");
+            }
+            Some(tls) => {
+                let ca = tls.ca.clone();
+                lapi.cscli(&[
+                    "machines",
+                    "add",
+                    "--auto",
+                    "-f",
+                    credentials.to_str().expect("utf-8 temp path"),
+                    "--url",
+                    &lapi.url(),
+                ]);
+                let mut file = OpenOptions::new()
+                    .append(true)
+                    .open(&credentials)
+                    .expect("open cscli credentials");
+                writeln!(file, "ca_cert_path: {}", ca.display()).expect("write cscli credentials");
+            }
+        }
         lapi
     }
 
-    /// The base URL a bouncer uses, e.g. `http://127.0.0.1:41234`.
+    /// The base URL a bouncer uses, e.g. `http://127.0.0.1:41234` (`https://` with TLS).
     pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -212,10 +337,30 @@ impl Lapi {
         self.wait_healthy();
     }
 
+    /// `GET /health`: plain HTTP/1.0, or over TLS as the harness's own client (see `TlsFiles`).
+    fn poll_health(&self) -> Result<(u16, String), String> {
+        let Some(tls) = &self.tls else {
+            return blocking_get(self.addr(), "/health", Duration::from_secs(1))
+                .map_err(|e| e.to_string());
+        };
+        let identity = (tls.client_certs == ClientCerts::Required).then_some(&tls.agent);
+        let mut builder = https_client(&tls.ca, identity).timeout(Duration::from_secs(1));
+        let host = match &tls.dns_name {
+            Some(name) => {
+                builder = builder.resolve(name, self.addr());
+                name.clone()
+            }
+            None => "127.0.0.1".to_owned(),
+        };
+        let client = builder.build().map_err(|e| e.to_string())?;
+        blocking_https_get(&client, &format!("https://{host}:{}/health", self.port))
+    }
+
     fn wait_healthy(&mut self) {
         let start = Instant::now();
         loop {
-            if let Ok((200, body)) = blocking_get(self.addr(), "/health", Duration::from_secs(1)) {
+            let seen = self.poll_health();
+            if let Ok((200, body)) = &seen {
                 if body.contains("\"up\"") {
                     return;
                 }
@@ -229,7 +374,7 @@ impl Lapi {
             }
             if start.elapsed() > START_TIMEOUT {
                 panic!(
-                    "crowdsec LAPI not up on {} after {START_TIMEOUT:?}:\n{}",
+                    "crowdsec LAPI not up on {} after {START_TIMEOUT:?} (last /health: {seen:?}):\n{}",
                     self.url(),
                     self.log()
                 );
@@ -245,10 +390,64 @@ impl Drop for Lapi {
     }
 }
 
+/// Makes `DIR/tls/`: a copy of the CA certificate, the LAPI's server certificate and `cscli`'s
+/// client certificate.
+fn make_tls_files(dir: &Path, tls: &LapiTls<'_>) -> TlsFiles {
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir).expect("create LAPI tls dir");
+    let ca = tls_dir.join("ca.pem");
+    fs::copy(tls.ca.cert(), &ca).expect("copy CA certificate");
+    let san = match &tls.dns_name {
+        Some(name) => format!("DNS:{name}"),
+        None => "IP:127.0.0.1".to_owned(),
+    };
+    tls.ca.server_cert(&tls_dir, "lapi", &san);
+    let agent = tls
+        .ca
+        .client_cert(&tls_dir, "cscli", Some("agent-ou"), "cscli");
+    TlsFiles {
+        ca,
+        agent,
+        client_certs: tls.client_certs,
+        dns_name: tls.dns_name.clone(),
+    }
+}
+
+/// The `api.server.tls` section for `tls` (indented for `api.server`), and the extra
+/// `api.client` lines.
+fn tls_config(dir: &Path, tls: &TlsFiles) -> (String, String) {
+    let t = dir.join("tls");
+    let mut server = format!(
+        "    tls:\n      cert_file: {}\n      key_file: {}\n",
+        t.join("lapi.pem").display(),
+        t.join("lapi.key").display()
+    );
+    let verification = match tls.client_certs {
+        ClientCerts::Default => None,
+        ClientCerts::VerifiedIfGiven => Some("VerifyClientCertIfGiven"),
+        ClientCerts::Required => Some("RequireAndVerifyClientCert"),
+    };
+    if let Some(verification) = verification {
+        server.push_str(&format!(
+            "      client_verification: {verification}\n      ca_cert_path: {}\n      \
+             bouncers_allowed_ou:\n        - bouncer-ou\n      agents_allowed_ou:\n        - agent-ou\n",
+            tls.ca.display()
+        ));
+    }
+    let client = if tls.dns_name.is_some() {
+        // cscli dials 127.0.0.1, which the certificate does not name.
+        "    insecure_skip_verify: true\n".to_owned()
+    } else {
+        String::new()
+    };
+    (server, client)
+}
+
 /// A LAPI-only configuration: everything under `dir`, no `online_client`, no Prometheus, logs on
-/// stdout (captured into `crowdsec.log`).
-fn write_config(dir: &Path, port: u16) {
+/// stdout (captured into `crowdsec.log`); with `tls`, HTTPS only.
+fn write_config(dir: &Path, port: u16, tls: Option<&TlsFiles>) {
     let d = dir.display();
+    let (tls_server, tls_client) = tls.map(|tls| tls_config(dir, tls)).unwrap_or_default();
     let config = format!(
         "common:
   daemonize: false
@@ -273,14 +472,14 @@ db_config:
 api:
   client:
     credentials_path: {d}/local_api_credentials.yaml
-  server:
+{tls_client}  server:
     log_level: info
     listen_uri: 127.0.0.1:{port}
     profiles_path: {d}/profiles.yaml
     console_path: {d}/console.yaml
     trusted_ips:
       - 127.0.0.1
-prometheus:
+{tls_server}prometheus:
   enabled: false
 "
     );
