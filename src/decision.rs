@@ -207,7 +207,7 @@ fn decide_route<C: Clock + Clone>(
     if rules.login_available() && path == CALLBACK_PATH {
         return Ok(Step::Callback);
     }
-    let host = normalize_host(host);
+    let host = normalize_host(host).ok_or(Verdict::BadRequest(BadRequest::Host))?;
     match rules.policy(method, &host, &path) {
         Policy::Public => Err(Verdict::Allow { user: None }),
         Policy::Deny => Err(Verdict::Forbidden),

@@ -98,6 +98,9 @@ fn run(flag: Option<PathBuf>, env: &[(String, String)]) -> ExitCode {
         ),
         Origin::File(path) => tracing::info!(config = %path.display(), "config loaded"),
     }
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +128,9 @@ fn check_config(flag: Option<PathBuf>, env: &[(String, String)]) -> ExitCode {
         Ok((config, origin)) => {
             if origin == Origin::Defaults {
                 eprintln!("no config file given; showing the built-in defaults");
+            }
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
             }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub logins: Family<Labels, Counter>,
     pub session_store_errors: Family<Labels, Counter>,
     pub ratelimit_keys: Gauge,
+    pub untrusted_forwarded: Counter,
 }
 
 impl Default for Metrics {
@@ -146,6 +147,12 @@ impl Metrics {
             ratelimit_keys.clone(),
         );
 
+        let untrusted_forwarded = Counter::default();
+        registry.register(
+            "jacker_gate_untrusted_forwarded",
+            "Decision requests carrying X-Forwarded-* from a peer outside server.trusted_proxies (usually a misconfiguration)",
+            untrusted_forwarded.clone(),
+        );
         let m = Self {
             registry,
             requests,
@@ -157,6 +164,7 @@ impl Metrics {
             logins,
             session_store_errors,
             ratelimit_keys,
+            untrusted_forwarded,
         };
         m.set_decisions(&Counts::default());
         m

@@ -127,7 +127,12 @@ impl Rule {
         self.host.as_ref().is_none_or(|h| h.matches(host))
             && self.path_prefix.as_ref().is_none_or(|p| p.matches(path))
             && (self.methods.is_empty()
-                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                || self.methods.iter().any(|m| {
+                    // HEAD is served by the GET handler almost everywhere: a rule for GET
+                    // covers it, or `deny GET /x` would leak the same response to HEAD.
+                    m.eq_ignore_ascii_case(method)
+                        || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+                }))
     }
 }
 
@@ -165,26 +170,47 @@ impl Rules {
     }
 }
 
-/// Lower-cases a Host value and drops its port and one trailing dot. IPv6 literals keep their
-/// brackets (`[::1]`).
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let without_port = if raw.starts_with('[') {
-        match raw.find(']') {
-            Some(end) => &raw[..=end],
-            None => raw,
-        }
-    } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-            _ => raw,
-        }
-    };
-    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(trimmed)
+/// Validates a Host value and returns it lower-cased, without its port and one trailing dot.
+/// IPv6 literals keep their brackets (`[::1]`). `None` for anything a proxy could read another
+/// way: a non-numeric port (`admin.example.com:abc` is still `admin.example.com` to Go's
+/// `SplitHostPort`), empty labels, or bytes outside letters, digits, `.`, `-` and `_`.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
+    fn port_ok(p: &str) -> bool {
+        (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
     }
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(port_ok)) {
+            return None;
+        }
+        let host = &raw[..=inside.len() + 1];
+        return Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        });
+    }
+    let host = match raw.rsplit_once(':') {
+        Some((h, p)) if port_ok(p) => h,
+        Some(_) => return None,
+        None => raw,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// Why a request path was refused (400).
@@ -198,6 +224,14 @@ pub enum PathError {
     EncodedSeparator,
     #[error("backslash in path")]
     Backslash,
+    #[error("a byte that has no place in a request target (control, space, #, quote, <>^`{{|}})")]
+    InvalidByte,
+    #[error("semicolon (path parameter) in path")]
+    Semicolon,
+    #[error("encoded control character in path")]
+    ControlChar,
+    #[error("`..` after an empty segment: proxies and servers resolve it differently")]
+    Ambiguous,
     #[error("path is not UTF-8 after decoding")]
     NotUtf8,
     #[error("path escapes /")]
@@ -207,9 +241,14 @@ pub enum PathError {
 /// Normalises the path of a request target as SPEC step 4 says. Borrows when nothing changes,
 /// which is the common case on the hot path.
 pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
+    // A request target never holds a raw `#`, a control byte or a space; nginx's $request_uri
+    // can pass them through, and an upstream may read `/public#/../admin` as /admin.
+    if target.iter().any(|&b| b == b'#' || b <= b' ' || b == 0x7f) {
+        return Err(PathError::InvalidByte);
+    }
     let end = target
         .iter()
-        .position(|&b| b == b'?' || b == b'#')
+        .position(|&b| b == b'?')
         .unwrap_or(target.len());
     let raw = &target[..end];
     if raw.first() != Some(&b'/') {
@@ -217,6 +256,13 @@ pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
     }
     if raw.contains(&b'\\') {
         return Err(PathError::Backslash);
+    }
+    // `;` starts path parameters that Tomcat, Jetty and Spring strip (`/x/..;/admin`).
+    if raw.contains(&b';') {
+        return Err(PathError::Semicolon);
+    }
+    if raw.iter().any(|b| b"\"<>^`{|}".contains(b)) {
+        return Err(PathError::InvalidByte);
     }
     let needs_work = raw.contains(&b'%') || raw.windows(2).any(|w| w == b"//" || w == b"/.");
     if !needs_work {
@@ -236,8 +282,11 @@ pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
                 return Err(PathError::BadEscape);
             };
             let byte = hi << 4 | lo;
-            if matches!(byte, b'/' | b'\\' | 0) {
-                return Err(PathError::EncodedSeparator);
+            match byte {
+                b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                b';' => return Err(PathError::Semicolon),
+                c if c < b' ' || c == 0x7f => return Err(PathError::ControlChar),
+                _ => {}
             }
             decoded.push(byte);
             i += 3;
@@ -250,7 +299,11 @@ pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
 
     // Split on '/', skipping empty segments (merges "//"), then resolve dot segments. A
     // trailing '/' (or a trailing dot segment) is kept, as the upstream would see it.
+    // `rfc` mirrors RFC 3986 resolution, which keeps empty segments: where `..` would remove
+    // an empty one, the two readings differ (`/admin//..` is `/admin/` there, `/` here), so the
+    // path is refused rather than guessed.
     let mut out: Vec<&str> = Vec::new();
+    let mut rfc: Vec<bool> = Vec::new();
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     let mut trailing_slash = false;
@@ -259,17 +312,24 @@ pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
             "" => {
                 if idx == last {
                     trailing_slash = true;
+                } else {
+                    rfc.push(true);
                 }
             }
             "." => trailing_slash = idx == last,
             ".." => {
+                if rfc.last() == Some(&true) {
+                    return Err(PathError::Ambiguous);
+                }
                 if out.pop().is_none() {
                     return Err(PathError::Escapes);
                 }
+                rfc.pop();
                 trailing_slash = idx == last;
             }
             s => {
                 out.push(s);
+                rfc.push(false);
                 trailing_slash = false;
             }
         }
@@ -311,7 +371,25 @@ mod tests {
             ("/admin", Ok("/admin")),
             ("/admin/", Ok("/admin/")),
             ("/admin?x=/../y", Ok("/admin")),
-            ("/admin#frag", Ok("/admin")),
+            ("/admin?q={|}^", Ok("/admin")),
+            ("/admin#frag", Err(InvalidByte)),
+            ("/public#/../admin", Err(InvalidByte)),
+            ("/admin /x", Err(InvalidByte)),
+            ("/admin\t", Err(InvalidByte)),
+            ("/a\"b", Err(InvalidByte)),
+            ("/a<b>", Err(InvalidByte)),
+            ("/a{b}", Err(InvalidByte)),
+            ("/admin;jsessionid=1", Err(Semicolon)),
+            ("/x/..;/admin", Err(Semicolon)),
+            ("/x/%3B/admin", Err(Semicolon)),
+            ("/admin%09", Err(ControlChar)),
+            ("/admin%0a", Err(ControlChar)),
+            ("/admin%7F", Err(ControlChar)),
+            ("/admin%20x", Ok("/admin x")),
+            ("/admin//..", Err(Ambiguous)),
+            ("/a//b/../..", Err(Ambiguous)),
+            ("/a//b/..", Ok("/a/")),
+            ("/a//./b", Ok("/a/b")),
             ("//admin", Ok("/admin")),
             ("/a//b///c", Ok("/a/b/c")),
             ("/a/./b", Ok("/a/b")),
@@ -323,6 +401,7 @@ mod tests {
             ("/%61dmin", Ok("/admin")),
             ("/caf%C3%A9", Ok("/café")),
             ("/.", Ok("/")),
+            ("/ＡＤＭＩＮ/．．", Ok("/ＡＤＭＩＮ/．．")),
             ("/a/.", Ok("/a/")),
             ("/..", Err(Escapes)),
             ("/a/../..", Err(Escapes)),
@@ -358,9 +437,34 @@ mod tests {
             ("example.com.:443", "example.com"),
             ("[::1]:8080", "[::1]"),
             ("[::1]", "[::1]"),
-            ("a:b", "a:b"),
+            ("[2001:DB8::1]", "[2001:db8::1]"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("my_host", "my_host"),
         ] {
-            assert_eq!(normalize_host(raw), want, "{raw}");
+            assert_eq!(normalize_host(raw).as_deref(), Some(want), "{raw}");
+        }
+        // Anything a proxy could read as another host is refused.
+        for raw in [
+            "admin.example.com:abc",
+            "admin.example.com:",
+            "admin.example.com:123456",
+            "a:b",
+            ":443",
+            ".",
+            "",
+            "a..b",
+            ".example.com",
+            "example.com..",
+            "ex ample.com",
+            "example.com/x",
+            "user@example.com",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[nothex]",
+            "exämple.com",
+        ] {
+            assert_eq!(normalize_host(raw), None, "{raw:?}");
         }
     }
 

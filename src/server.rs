@@ -62,6 +62,7 @@ pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
         login,
         metrics,
         max_header_bytes: config.server.max_header_bytes,
+        untrusted_warned: Default::default(),
     }))
 }
 

@@ -1529,3 +1529,17 @@ fn every_variable_the_compose_files_use_is_documented_in_the_env_sample() {
         }
     }
 }
+
+#[test]
+fn only_the_login_pages_of_the_gate_face_the_internet() {
+    let labels = &service("jacker-gate")["labels"];
+    let rule = labels["traefik.http.routers.jacker-gate.rule"]
+        .as_str()
+        .expect("the gate has a router");
+    assert!(rule.contains("PathPrefix(`/oauth2/`)"), "{rule}");
+    assert!(rule.contains("Path(`/`)"), "{rule}");
+    // /metrics, /readyz and /auth must not be routable from the internet.
+    for internal in ["/metrics", "/readyz", "/auth"] {
+        assert!(!rule.contains(internal), "{rule} exposes {internal}");
+    }
+}

@@ -582,14 +582,21 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
 
 fn web_url(v: &Value, env: bool) -> Result<Url, String> {
     let s = string(v, env)?;
-    let url = Url::parse(&s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!("must be an http or https URL, found {s:?}"));
+    // The value may hold credentials by mistake: never echo it once it has an `@`.
+    let shown = if s.contains('@') {
+        "(value hidden)".to_owned()
+    } else {
+        format!("{s:?}")
+    };
+    let url = Url::parse(&s).map_err(|e| format!("invalid URL {shown}: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry user info (credentials belong in *_file keys)".to_owned());
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!(
-            "must not carry a query, fragment or user info: {s:?}"
-        ));
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("must be an http or https URL, found {shown}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("must not carry a query or fragment: {shown}"));
     }
     Ok(url)
 }
@@ -986,6 +993,56 @@ fn build_rule(i: usize, item: Value, auth_on: bool, cx: &mut Cx<'_>) -> Option<R
 }
 
 impl Config {
+    /// Settings that are valid but probably not what the operator meant. `check-config` prints
+    /// them and `run` logs them at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let loopback_only = self
+            .server
+            .trusted_proxies
+            .iter()
+            .all(|n| n.addr().is_loopback());
+        if self.server.listen.ip().is_unspecified() && loopback_only {
+            out.push(
+                "server.trusted_proxies: only loopback is trusted while the gate listens on every \
+                 interface; requests from Traefik will be judged on Traefik's own address and \
+                 path (add Traefik's address or the traefik_proxy subnet)"
+                    .to_owned(),
+            );
+        }
+        if self
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|n| n.prefix_len() == 0)
+        {
+            out.push(
+                "server.trusted_proxies: a /0 network trusts every client to name its own \
+                 address and route"
+                    .to_owned(),
+            );
+        }
+        if self
+            .crowdsec
+            .lapi_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "http")
+            && self
+                .crowdsec
+                .lapi_url
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .is_some_and(|h| h != "localhost" && !h.starts_with("127."))
+        {
+            out.push(
+                "crowdsec.lapi_url: plain http sends the bouncer key in clear text; fine on a \
+                 private Docker network, not across hosts"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
     /// The effective config as TOML that [`parse`] reads back as the same config. Secret files
     /// appear by path; unset optional keys are left out.
     pub fn to_toml(&self) -> String {

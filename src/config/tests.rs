@@ -308,3 +308,33 @@ fn locate_follows_flag_then_env() {
     );
     assert_eq!(locate(None, &[]), Origin::Defaults);
 }
+
+#[test]
+fn urls_never_carry_or_echo_credentials() {
+    for url in [
+        "http://:hunter2@127.0.0.1:8080",
+        "http://bob:hunter2@127.0.0.1:8080",
+    ] {
+        let errs = errors(&format!("[crowdsec]\nlapi_url = \"{url}\"\n"), &[]);
+        assert_has(&errs, "crowdsec.lapi_url: must not carry user info");
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
+    }
+}
+
+#[test]
+fn warnings_for_likely_mistakes() {
+    let c = parse("[server]\nlisten = \"0.0.0.0:8080\"\n", &[]).unwrap();
+    assert!(c
+        .warnings()
+        .iter()
+        .any(|w| w.contains("only loopback is trusted")));
+    let c = parse(
+        "[server]\nlisten = \"0.0.0.0:8080\"\ntrusted_proxies = [\"192.168.71.0/24\"]\n",
+        &[],
+    )
+    .unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = parse("[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n", &[]).unwrap();
+    assert!(c.warnings().iter().any(|w| w.contains("/0")));
+    assert!(Config::default().warnings().is_empty());
+}

@@ -28,6 +28,12 @@ pub const USER_AGENT: &str = concat!("crowdsec-jacker-gate-bouncer/v", env!("CAR
 /// Live-mode answers kept at most; beyond it answers are not cached (a flood of distinct
 /// addresses must not grow memory without bound).
 const LIVE_CACHE_MAX: usize = 100_000;
+/// Live-mode lookups in flight at once. A flood of fresh addresses (an IPv6 /64 holds 2^64)
+/// must not turn into a flood on the LAPI; beyond this a lookup counts as failed.
+const LIVE_IN_FLIGHT: usize = 64;
+/// Largest LAPI answer read: a startup stream of 1M decisions is ~140 MB of JSON.
+const MAX_STREAM_BODY: usize = 256 << 20;
+const MAX_LIVE_BODY: usize = 1 << 20;
 
 /// Why a LAPI request failed. Messages are written for the operator and never hold the key.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,10 @@ pub enum LapiError {
     Body(#[from] super::stream::BadBody),
     #[error("cannot set up the LAPI client: {0}")]
     Setup(String),
+    #[error("the LAPI answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("too many live lookups in flight")]
+    Busy,
 }
 
 fn now_unix() -> (u32, u64) {
@@ -65,6 +75,7 @@ pub struct Bouncer {
     last_success_ms: AtomicU64,
     live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
     client: reqwest::Client,
+    live_slots: tokio::sync::Semaphore,
     base: url::Url,
     key: HeaderValue,
     metrics: Arc<Metrics>,
@@ -85,6 +96,8 @@ impl Bouncer {
             .use_rustls_tls()
             .user_agent(USER_AGENT)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            // A redirect would carry X-Api-Key to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90));
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca)
@@ -124,6 +137,7 @@ impl Bouncer {
             last_success_ms: AtomicU64::new(0),
             live_cache: DashMap::default(),
             client,
+            live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
             base,
             key,
             metrics,
@@ -160,12 +174,20 @@ impl Bouncer {
                         return kind.map_or(CrowdsecState::Clear, CrowdsecState::Decided);
                     }
                 }
-                match self.live_lookup(ip, now).await {
+                let result = match self.live_slots.try_acquire() {
+                    Ok(_permit) => self.live_lookup(ip, now).await,
+                    Err(_) => Err(LapiError::Busy),
+                };
+                match result {
                     Ok(kind) => {
                         self.last_success_ms.store(now_ms, Ordering::Relaxed);
+                        if self.live_cache.len() >= LIVE_CACHE_MAX {
+                            self.live_cache.retain(|_, (_, exp)| *exp > now_ms);
+                        }
                         if self.live_cache.len() < LIVE_CACHE_MAX {
                             let ttl = u64::try_from(self.update_interval.as_millis()).unwrap_or(0);
-                            self.live_cache.insert(ip, (kind, now_ms + ttl));
+                            self.live_cache
+                                .insert(ip, (kind, now_ms.saturating_add(ttl)));
                         }
                         kind.map_or(CrowdsecState::Clear, CrowdsecState::Decided)
                     }
@@ -187,6 +209,7 @@ impl Bouncer {
         &self,
         path_and_query: &str,
         timeout: Duration,
+        max_body: usize,
     ) -> Result<bytes::Bytes, LapiError> {
         let url = self
             .base
@@ -201,10 +224,24 @@ impl Bouncer {
             .await
             .map_err(|e| LapiError::Transport(error_chain(&e)))?;
         match resp.status().as_u16() {
-            200 => resp
-                .bytes()
-                .await
-                .map_err(|e| LapiError::Transport(error_chain(&e))),
+            200 => {
+                if resp.content_length().is_some_and(|n| n > max_body as u64) {
+                    return Err(LapiError::TooLarge(max_body));
+                }
+                let mut resp = resp;
+                let mut body = bytes::BytesMut::new();
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| LapiError::Transport(error_chain(&e)))?
+                {
+                    if body.len() + chunk.len() > max_body {
+                        return Err(LapiError::TooLarge(max_body));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body.freeze())
+            }
             403 => Err(LapiError::Forbidden),
             s => Err(LapiError::Status(s)),
         }
@@ -212,7 +249,11 @@ impl Bouncer {
 
     async fn live_lookup(&self, ip: IpAddr, now: u32) -> Result<Option<super::Kind>, LapiError> {
         let body = self
-            .get(&format!("v1/decisions?ip={ip}"), self.live_timeout)
+            .get(
+                &format!("v1/decisions?ip={ip}"),
+                self.live_timeout,
+                MAX_LIVE_BODY,
+            )
             .await?;
         Ok(parse_live(&body, now)?)
     }
@@ -286,7 +327,7 @@ impl Bouncer {
         } else {
             "v1/decisions/stream?startup=false"
         };
-        let body = self.get(path, timeout).await?;
+        let body = self.get(path, timeout, MAX_STREAM_BODY).await?;
         let (now, _) = now_unix();
         let current = self.table.load_full();
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
@@ -318,6 +359,7 @@ impl Bouncer {
             .get(
                 "v1/decisions?ip=127.0.0.1",
                 self.live_timeout.max(Duration::from_secs(2)),
+                MAX_LIVE_BODY,
             )
             .await?;
         parse_live(&body, now_unix().0)?;

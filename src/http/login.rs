@@ -128,7 +128,7 @@ impl Login {
 
     /// The `Domain` for cookies on `host`: the configured cookie domain that covers it, if any.
     fn cookie_domain(&self, host: Option<&str>) -> Option<&str> {
-        let host = crate::rules::normalize_host(host?).into_owned();
+        let host = crate::rules::normalize_host(host?)?.into_owned();
         self.cookie_domains.iter().map(String::as_str).find(|d| {
             let bare = d.trim_start_matches('.');
             host == bare

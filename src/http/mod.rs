@@ -49,6 +49,8 @@ pub struct App {
     pub login: Option<Login>,
     pub metrics: Arc<Metrics>,
     pub max_header_bytes: usize,
+    /// Unix seconds of the last "untrusted peer sent X-Forwarded-*" warning.
+    pub untrusted_warned: std::sync::atomic::AtomicU64,
 }
 
 /// What the edge knows about one request once its headers are read.
@@ -242,6 +244,9 @@ impl App {
         let started = Instant::now();
         let peer = crate::client_ip::canonical(peer);
         let view = View::new(req, self.trusted.contains(peer));
+        if !view.peer_trusted {
+            self.note_untrusted_forwarding(&view, peer);
+        }
         let response = match self.verdict(&view, peer).await {
             Ok(verdict) => {
                 self.metrics
@@ -254,6 +259,35 @@ impl App {
             Err(callback) => callback,
         };
         response
+    }
+
+    /// A decision request from an untrusted peer that carries `X-Forwarded-*` is almost always
+    /// Traefik missing from `trusted_proxies`: every request is then judged on Traefik's own
+    /// address and path. Count it, and say so in the log at most once a minute.
+    fn note_untrusted_forwarding(&self, view: &View<'_>, peer: IpAddr) {
+        use std::sync::atomic::Ordering;
+        let h = view.headers;
+        if !(h.contains_key(X_FORWARDED_URI)
+            || h.contains_key(X_FORWARDED_HOST)
+            || h.contains_key(X_FORWARDED_METHOD))
+        {
+            return;
+        }
+        self.metrics.untrusted_forwarded.inc();
+        let now = crate::session::now_unix();
+        let last = self.untrusted_warned.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .untrusted_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                %peer,
+                "X-Forwarded-* from a peer outside server.trusted_proxies was ignored; if this is \
+                 your proxy, add it there, or every request is judged on the proxy's own address and path"
+            );
+        }
     }
 
     /// The verdict for `/auth`; `Err` carries a finished response for the OAuth callback seen

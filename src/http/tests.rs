@@ -103,6 +103,9 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
     );
     let direct = Request::get("/auth").header("Host", "app.example.com");
     assert_eq!(status(&a, direct, OUTSIDER).await, StatusCode::OK);
+    // Forwarded headers from an untrusted peer are counted (a misplaced trusted_proxies).
+    let m = a.metrics.encode();
+    assert!(m.contains("jacker_gate_untrusted_forwarded_total 2"), "{m}");
 }
 
 #[tokio::test]
