@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(crowdsec redis-server nginx caddy wrk prometheus prometheus-alertmanager)
+apt_pkgs=(crowdsec redis-server nginx caddy wrk prometheus prometheus-alertmanager openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,6 +42,8 @@ pub enum LapiError {
     Transport(String),
     #[error("the LAPI refused the bouncer key (HTTP 403): check crowdsec.api_key_file against `cscli bouncers list`")]
     Forbidden,
+    #[error("the LAPI refused the bouncer (HTTP 403): with a client certificate CrowdSec authenticates by its OU (api.server.tls.bouncers_allowed_ou), not the API key")]
+    ForbiddenCertificate,
     #[error("the LAPI answered HTTP {0}")]
     Status(u16),
     #[error("{0}")]
@@ -76,6 +78,7 @@ pub struct Bouncer {
     live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
     client: reqwest::Client,
     live_slots: tokio::sync::Semaphore,
+    client_cert: bool,
     base: url::Url,
     key: HeaderValue,
     metrics: Arc<Metrics>,
@@ -102,9 +105,19 @@ impl Bouncer {
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| LapiError::Setup(format!("cannot read {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| LapiError::Setup(format!("bad CA file {}: {e}", ca.display())))?
-            {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| LapiError::Setup(format!("bad CA file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                // A DER file parses as an empty PEM bundle: refuse it rather than start with
+                // a trust store that can never verify the LAPI.
+                return Err(LapiError::Setup(format!(
+                    "no PEM certificate in {} (convert a DER file with `openssl x509 -inform der`)",
+                    ca.display()
+                )));
+            }
+            // A configured CA is the only one trusted for the LAPI.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -138,6 +151,7 @@ impl Bouncer {
             live_cache: DashMap::default(),
             client,
             live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
+            client_cert: config.cert_file.is_some(),
             base,
             key,
             metrics,
@@ -242,6 +256,7 @@ impl Bouncer {
                 }
                 Ok(body.freeze())
             }
+            403 if self.client_cert => Err(LapiError::ForbiddenCertificate),
             403 => Err(LapiError::Forbidden),
             s => Err(LapiError::Status(s)),
         }
@@ -262,6 +277,7 @@ impl Bouncer {
     /// `update_interval`.
     pub async fn run(self: Arc<Self>, timeout: Duration) {
         let mut failures: u64 = 0;
+        let mut last_error = String::new();
         let mut need_startup = true;
         let mut last_sweep = now_unix().0;
         loop {
@@ -284,16 +300,21 @@ impl Bouncer {
                         );
                     }
                     failures = 0;
+                    last_error.clear();
                     need_startup = false;
                 }
                 Err(e) => {
                     self.metrics.crowdsec_sync_errors.inc();
-                    if failures == 0 {
+                    // One line per failure streak, and again when the reason changes (a TLS
+                    // failure can first show as a bare "connection canceled").
+                    let text = e.to_string();
+                    if failures == 0 || text != last_error {
                         warn!(
-                            error = %e,
+                            error = %text,
                             lapi = %self.base,
                             "crowdsec LAPI sync failed; the last known decisions stay enforced"
                         );
+                        last_error = text;
                     }
                     failures += 1;
                     // After a gap, ask for the full state again rather than trust a delta.
