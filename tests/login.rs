@@ -19,7 +19,7 @@ use support::login::{
 };
 use support::oidc::{Jwks, OidcProvider, ALICE, BOB, CAROL, DAVE, ERIN, MALLORY};
 use support::redis::Redis;
-use support::web::{Browser, Response};
+use support::web::{Browser, Response, NAVIGATION_ACCEPT};
 use support::{eventually, free_port, metric_sum};
 
 /// RFC 7636 appendix B: a verifier and its S256 challenge.
@@ -824,7 +824,9 @@ async fn state_and_binding_cookie_are_checked() {
         "a callback without the login cookie",
         &e.context(),
     );
-    // Foreign binding cookie: another browser with its own login under way.
+    // Foreign binding cookie: another browser, with its own login under way, delivers this
+    // browser's callback.
+    let walk = start_login(&e, &browser, &original, ALICE).await;
     let other = Browser::new();
     let _ = start_login(&e, &other, &original, ERIN).await;
     assert_refused(
@@ -834,14 +836,12 @@ async fn state_and_binding_cookie_are_checked() {
     );
     assert!(session_value(&other).is_none());
 
-    // The browser that started it can still finish it, once; a replay is refused.
+    // The browser that started a login finishes it, once; a replay is refused.
+    let walk = start_login(&e, &browser, &original, ALICE).await;
     let answer = browser.navigate(walk.callback.as_str()).await;
     assert_eq!(answer.status, 302, "{}{}", answer.describe(), e.context());
     assert_identity(&e.api(&browser, &original).await, ALICE);
-    let replayed = Browser::new();
-    for cookie in browser.cookies() {
-        replayed.put_cookie(cookie);
-    }
+    let replayed = browser.fork();
     replayed.remove_cookies(|c| c.name == COOKIE_NAME);
     assert_refused(
         &replayed.navigate(walk.callback.as_str()).await,
@@ -1250,14 +1250,17 @@ async fn provider_down_is_an_error_page_and_recovers() {
     e.idp.stop();
     let answer = browser.navigate(walk.callback.as_str()).await;
     assert!(
-        (500..600).contains(&answer.status),
+        answer.status >= 400,
         "token exchange against a down provider: {}{}",
         answer.describe(),
         e.context()
     );
     assert!(
-        !answer.body.trim().is_empty(),
-        "a clear error page: {}",
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/html"))
+            && answer.body.to_ascii_lowercase().contains("provider"),
+        "a clear error page that names the provider: {}",
         answer.describe()
     );
     assert!(session_value(&browser).is_none());
@@ -1372,8 +1375,24 @@ async fn return_urls_outside_redirect_domains_land_on_the_public_url() {
     for (rd, want) in cases {
         let browser = Browser::new();
         let encoded: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+        // As the proxy in front of the public URL sends it (the test client is a trusted peer,
+        // so the gate reads the scheme and host from X-Forwarded-*).
+        let host = format!("127.0.0.1:{}", e.gate.port());
+        let uri = format!("/oauth2/start?rd={encoded}");
         let start = browser
-            .navigate(&format!("{public}/oauth2/start?rd={encoded}"))
+            .request(
+                reqwest::Method::GET,
+                &format!("{public}{uri}"),
+                &[
+                    ("Accept", NAVIGATION_ACCEPT),
+                    ("X-Forwarded-Proto", "http"),
+                    ("X-Forwarded-Host", &host),
+                    ("X-Forwarded-Method", "GET"),
+                    ("X-Forwarded-Uri", &uri),
+                    ("X-Forwarded-For", "192.0.2.10"),
+                ],
+                None,
+            )
             .await;
         assert_eq!(start.status, 302, "start rd={rd:?}: {}", start.describe());
         let walk = walk_to_callback(&browser, &e.idp, start, ALICE).await;

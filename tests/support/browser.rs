@@ -21,7 +21,9 @@ pub(crate) const HOST_RULES: &str = "MAP *.example.test 127.0.0.1";
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Step {
     pub(crate) goto: String,
-    /// URL prefixes whose requests are aborted (recorded in the step's `blocked`).
+    /// URL prefixes whose requests are aborted (recorded in the step's `blocked`). Chromium
+    /// follows redirects without asking the script, so this stops the requests a step starts,
+    /// not the hops of a redirect chain.
     pub(crate) block: Vec<String>,
     pub(crate) screenshot: Option<PathBuf>,
 }
