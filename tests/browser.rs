@@ -9,9 +9,8 @@ mod support;
 
 use serde_json::Value;
 use support::browser::{run, Step};
-use support::free_port;
 use support::gate::Gate;
-use support::login::{LoginGate, COOKIE_NAME};
+use support::login::{reserve_port, LoginGate, COOKIE_NAME};
 use support::oidc::{OidcProvider, ALICE};
 use support::proxy::{caddy_pass_site, caddy_site, Proxy};
 use support::upstream::{echoed, Upstream};
@@ -41,7 +40,7 @@ policy = "deny"
 "#,
     );
     let upstream = Upstream::start();
-    let port = free_port();
+    let port = reserve_port();
     let app = format!("http://app.example.test:{port}");
     let caddy = Proxy::caddy(port, &caddy_site(&app, gate.addr(), upstream.addr()));
 
@@ -101,14 +100,14 @@ policy = "deny"
 /// sign-out the app sends it to the provider again.
 #[tokio::test]
 async fn chromium_logs_in_through_caddy_signs_out_and_is_asked_again() {
-    let port = free_port();
+    let port = reserve_port();
     let app = format!("http://app.example.test:{port}");
     let auth = format!("http://auth.example.test:{port}");
     let idp = OidcProvider::setup()
         .redirect_uri(&format!("{auth}/oauth2/callback"))
         .default_user(ALICE)
         .start();
-    let gate = LoginGate::new(&idp, free_port())
+    let gate = LoginGate::new(&idp, reserve_port())
         .public_url(&auth)
         .cookie_domains(&[".example.test"])
         .redirect_domains(&[&format!(".example.test:{port}")])

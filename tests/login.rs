@@ -15,12 +15,13 @@ use base64::Engine as _;
 use serde_json::Value;
 use support::gate::Gate;
 use support::login::{
-    log_in, query_param, trail, walk_to_callback, LoginGate, LoginWalk, Store, COOKIE_NAME,
+    log_in, query_param, reserve_port, trail, walk_to_callback, LoginGate, LoginWalk, Store,
+    COOKIE_NAME,
 };
 use support::oidc::{Jwks, OidcProvider, ALICE, BOB, CAROL, DAVE, ERIN, MALLORY};
 use support::redis::Redis;
 use support::web::{Browser, Response, NAVIGATION_ACCEPT};
-use support::{eventually, free_port, metric_sum};
+use support::{eventually, metric_sum};
 
 /// RFC 7636 appendix B: a verifier and its S256 challenge.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -367,8 +368,8 @@ impl Env {
 }
 
 fn env(store: Store, tweak: impl FnOnce(LoginGate) -> LoginGate) -> Env {
-    let gate_port = free_port();
-    let app_port = free_port();
+    let gate_port = reserve_port();
+    let app_port = reserve_port();
     let idp = OidcProvider::setup()
         .redirect_uri(&format!("http://127.0.0.1:{gate_port}/oauth2/callback"))
         .start();
@@ -1045,7 +1046,7 @@ async fn session_cookie_faults_redis_store() {
 #[tokio::test]
 async fn two_replicas_share_logins_and_sign_out_through_redis() {
     let redis = Redis::start();
-    let (port_a, port_b, app_port) = (free_port(), free_port(), free_port());
+    let (port_a, port_b, app_port) = (reserve_port(), reserve_port(), reserve_port());
     // Both replicas behind one public URL (A's), as behind a load balancer.
     let public = format!("http://127.0.0.1:{port_a}");
     let idp = OidcProvider::setup()
@@ -1131,6 +1132,45 @@ async fn two_replicas_share_logins_and_sign_out_through_redis() {
         t0.elapsed()
     );
     assert_eq!(ask(&a).await.status, 401);
+}
+
+/// A session whose email the config no longer allows is refused with 403 (not 401: it is a
+/// known user who may not enter), by a replica that reads the same Redis.
+#[tokio::test]
+async fn a_session_whose_email_is_no_longer_allowed_gets_403() {
+    let redis = Redis::start();
+    let e = env(Store::Redis(redis.url()), |g| g);
+    let browser = Browser::new();
+    let original = e.page("/moved");
+    let (_, answer) = log_in(&browser, &e.gate, &e.idp, &original, ALICE).await;
+    assert_eq!(answer.status, 302, "{}{}", answer.describe(), e.context());
+    let value = session_value(&browser).expect("session");
+
+    let stricter = LoginGate::new(&e.idp, reserve_port())
+        .public_url(&e.gate.url())
+        .store(Store::Redis(redis.url()))
+        .allowed_domains(&["other.com"])
+        .start();
+    let cookie = format!("{COOKIE_NAME}={value}");
+    let answer = Browser::new()
+        .forward_auth(
+            &format!("{}/auth", stricter.url()),
+            "GET",
+            &original,
+            true,
+            &[("Cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        403,
+        "{}\n{}",
+        answer.describe(),
+        stricter.logs()
+    );
+    assert!(answer.header("x-auth-request-email").is_none());
+    // The replica that still allows it lets it in.
+    assert_identity(&e.api_with_cookie(&value, &original).await, ALICE);
 }
 
 /// Redis down: routes needing a login answer 503 (never 2xx), public routes still pass, the
@@ -1282,7 +1322,7 @@ async fn provider_down_is_an_error_page_and_recovers() {
     );
 
     // A gate started while the provider is down starts, refuses, and recovers.
-    let gate_port = free_port();
+    let gate_port = reserve_port();
     let mut idp = OidcProvider::setup()
         .redirect_uri(&format!("http://127.0.0.1:{gate_port}/oauth2/callback"))
         .start();
@@ -1326,7 +1366,7 @@ async fn provider_down_is_an_error_page_and_recovers() {
 #[tokio::test]
 async fn tokens_signed_with_a_foreign_key_are_rejected() {
     for jwks in [Jwks::ForeignOtherKid, Jwks::ForeignSameKid] {
-        let gate_port = free_port();
+        let gate_port = reserve_port();
         let idp = OidcProvider::setup()
             .redirect_uri(&format!("http://127.0.0.1:{gate_port}/oauth2/callback"))
             .jwks(jwks)

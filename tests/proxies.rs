@@ -8,12 +8,12 @@
 mod support;
 
 use support::gate::Gate;
-use support::login::{trail, walk_to_callback, LoginGate, COOKIE_NAME};
+use support::login::{reserve_port, trail, walk_to_callback, LoginGate, COOKIE_NAME};
+use support::metric_sum;
 use support::oidc::{OidcProvider, ALICE, MALLORY};
 use support::proxy::{Kind, Proxy, IDENTITY_HEADERS};
 use support::upstream::{echoed, Upstream};
 use support::web::{Browser, Response, NAVIGATION_ACCEPT};
-use support::{free_port, metric_sum};
 
 /// Headers a client forges to pass for someone else.
 const FORGED: [(&str, &str); 3] = [
@@ -53,7 +53,7 @@ policy = "deny"
 "#,
     );
     let upstream = Upstream::start();
-    let proxy = start_proxy(kind, free_port(), &gate, &upstream);
+    let proxy = start_proxy(kind, reserve_port(), &gate, &upstream);
     let browser = Browser::new();
 
     let page = forged_navigation(&browser, &format!("{}/hello/world?q=1", proxy.url())).await;
@@ -123,12 +123,12 @@ struct Stack {
 }
 
 fn stack(kind: Kind) -> Stack {
-    let proxy_port = free_port();
+    let proxy_port = reserve_port();
     let public_url = format!("http://127.0.0.1:{proxy_port}");
     let idp = OidcProvider::setup()
         .redirect_uri(&format!("{public_url}/oauth2/callback"))
         .start();
-    let gate = LoginGate::new(&idp, free_port())
+    let gate = LoginGate::new(&idp, reserve_port())
         .public_url(&public_url)
         .redirect_domains(&[&format!("127.0.0.1:{proxy_port}")])
         .extra(

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::login::{require_login_binary, require_node_package};
-use super::{blocking_get, free_port, kill_and_reap, send_signal};
+use super::login::{require_login_binary, require_node_package, reserve_port};
+use super::{blocking_get, kill_and_reap, send_signal};
 
 /// Verified, `hd=example.com`: the user who gets in.
 pub(crate) const ALICE: &str = "alice@example.com";
@@ -131,7 +131,7 @@ impl OidcSetup {
             .prefix("jacker-gate-oidc-")
             .tempdir()
             .expect("create provider temp dir");
-        let port = self.port.unwrap_or_else(free_port);
+        let port = self.port.unwrap_or_else(reserve_port);
         let issuer = self
             .issuer
             .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned())
