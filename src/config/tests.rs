@@ -179,7 +179,7 @@ fn syntax_errors_are_reported() {
 }
 
 #[test]
-fn crowdsec_needs_a_key_file_and_login_is_not_available_yet() {
+fn crowdsec_needs_a_key_file_and_login_needs_its_settings() {
     let errs = errors("[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\n", &[]);
     assert_has(&errs, "crowdsec.api_key_file: required");
     let errs = errors("[auth]\nprovider = \"oidc\"\n", &[]);
