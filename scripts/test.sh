@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
+bash tests/support/install-login-peers.sh
 if [ -f compose/install-test-tools.sh ]; then
   bash compose/install-test-tools.sh >/dev/null
 fi

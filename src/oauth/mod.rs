@@ -195,7 +195,7 @@ impl Provider {
                 CsrfToken::new_random,
                 Nonce::new_random,
             )
-            .add_scope(Scope::new("openid".to_owned()))
+            // openidconnect always asks for `openid`; the email is all the gate needs.
             .add_scope(Scope::new("email".to_owned()))
             .set_pkce_challenge(challenge);
         if let Some(hint) = login_hint {
@@ -225,7 +225,14 @@ impl Provider {
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
             .request_async(&self.http)
             .await
-            .map_err(|e| LoginError::Exchange(error_chain(&e)))?;
+            .map_err(|e| match e {
+                // The provider could not be reached or answered garbage: not the user's fault.
+                openidconnect::RequestTokenError::Request(_)
+                | openidconnect::RequestTokenError::Parse(..) => {
+                    LoginError::ProviderUnavailable(error_chain(&e))
+                }
+                other => LoginError::Exchange(error_chain(&other)),
+            })?;
         let _ = response.access_token(); // Never stored: the session holds only the email.
         let id_token = response
             .id_token()
