@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README "Test"; .ci/run calls exactly this): installs the real peers the
 # tests talk to, then checks formatting and lints, then runs every test, unit and integration,
-# and the benches once each in test mode. Idempotent and quick when everything is installed.
+# the benches once each in test mode, and a smoke of the load benchmark. Idempotent and quick when everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +14,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+# A short smoke of the load benchmark (release build, every scenario for 1 s, each checked to
+# answer what it claims); the full run is documented in BENCHMARKS.md.
+python3 benches/load/run.py --smoke
