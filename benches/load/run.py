@@ -188,12 +188,22 @@ prometheus:
         return self.cscli("bouncers", "add", name, "-o", "raw").strip()
 
     def import_bans(self, count, prefix=1, start=0):
-        path = os.path.join(self.dir, f"bans-{start}.csv")
-        with open(path, "w") as f:
-            f.write("duration,scope,value\n")
-            for i in range(start, start + count):
-                f.write(f"4h,ip,{pool_ip(prefix, i)}\n")
-        self.cscli("decisions", "import", "-i", path)
+        # In batches: one sqlite transaction of 900k decisions ends in "database is locked".
+        for lo in range(start, start + count, 100_000):
+            hi = min(lo + 100_000, start + count)
+            path = os.path.join(self.dir, f"bans-{lo}.csv")
+            with open(path, "w") as f:
+                f.write("duration,scope,value\n")
+                for i in range(lo, hi):
+                    f.write(f"4h,ip,{pool_ip(prefix, i)}\n")
+            for attempt in range(3):
+                out = subprocess.run([need("cscli"), "-c", f"{self.dir}/config.yaml", "decisions",
+                                      "import", "-i", path], capture_output=True, text=True, timeout=600)
+                if out.returncode == 0:
+                    break
+                time.sleep(2)
+            else:
+                sys.exit(f"cscli decisions import failed: {out.stderr}")
 
 
 def pool_ip(prefix, i):
@@ -502,8 +512,9 @@ def memory(args):
         while time.time() < t_end:
             start = 2_000_000 + batch * 5_000
             lapi.import_bans(5_000, prefix=4, start=start % 16_000_000)
-            if batch >= 2:
-                lapi.cscli("decisions", "delete", "--all", "--range", "4.0.0.0/8") if batch % 6 == 0 else None
+            if batch % 6 == 5:
+                # Every minute, every churned decision is deleted again.
+                lapi.cscli("decisions", "delete", "--range", "4.0.0.0/8", "--contained")
             run_wrk(port, 10, {"POOL": "1000000", "PREFIX": "5"})
             samples.append((time.time(), rss_mb(g.pid)))
             print(f"churn t={samples[-1][0] - samples[0][0]:5.0f} s RSS {samples[-1][1]:.1f} MB", flush=True)
