@@ -13,6 +13,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+bash scripts/deny.sh
 cargo test --all-targets --locked
 # A short smoke of the load benchmark (release build, every scenario for 1 s, each checked to
 # answer what it claims); the full run is documented in BENCHMARKS.md.

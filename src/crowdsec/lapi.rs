@@ -243,7 +243,10 @@ impl Bouncer {
                     return Err(LapiError::TooLarge(max_body));
                 }
                 let mut resp = resp;
-                let mut body = bytes::BytesMut::new();
+                // Sized once when the length is known: growing by doubling would leave a trail
+                // of freed buffers that the allocator keeps resident.
+                let hint = resp.content_length().map_or(0, |n| n as usize);
+                let mut body = bytes::BytesMut::with_capacity(hint);
                 while let Some(chunk) = resp
                     .chunk()
                     .await

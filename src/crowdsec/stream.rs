@@ -16,14 +16,6 @@ use crate::config::parse_net;
 use crate::duration::parse_go_seconds;
 
 #[derive(Deserialize)]
-struct StreamBody<'a> {
-    #[serde(borrow, default)]
-    new: Option<Vec<RawDecision<'a>>>,
-    #[serde(borrow, default)]
-    deleted: Option<Vec<RawDecision<'a>>>,
-}
-
-#[derive(Deserialize)]
 struct RawDecision<'a> {
     #[serde(borrow, default)]
     scope: Option<Cow<'a, str>>,
@@ -55,25 +47,126 @@ pub enum BadBody {
 }
 
 /// Parses a stream body. `now` is Unix seconds, to turn durations into deadlines.
+///
+/// Each decision is turned into an op as it is read, so a startup stream of a million
+/// decisions never exists as a million parsed JSON objects at once (only the body and the ops).
 pub fn parse_stream(body: &[u8], now: u32) -> Result<Parsed, BadBody> {
     // serde accepts a struct written as a JSON array too; a startup answer of `[]` must not
     // pass for "no decisions" and wipe the table.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(BadBody::NotAnObject);
     }
-    let raw: StreamBody<'_> = serde_json::from_slice(body)?;
     let mut parsed = Parsed::default();
-    for d in raw.deleted.unwrap_or_default() {
-        if let Some(op) = convert(&d, now, false, &mut parsed) {
-            parsed.delta.deleted.push(op);
-        }
-    }
-    for d in raw.new.unwrap_or_default() {
-        if let Some(op) = convert(&d, now, true, &mut parsed) {
-            parsed.delta.new.push(op);
-        }
-    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(
+        BodySeed {
+            now,
+            parsed: &mut parsed,
+        },
+        &mut de,
+    )?;
+    de.end()?;
     Ok(parsed)
+}
+
+/// Visits the top-level object, sending `new` and `deleted` through [`ListSeed`] and skipping
+/// every other key.
+struct BodySeed<'p> {
+    now: u32,
+    parsed: &'p mut Parsed,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a decisions stream object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "new" => map.next_value_seed(ListSeed {
+                    now: self.now,
+                    adding: true,
+                    parsed: self.parsed,
+                })?,
+                "deleted" => map.next_value_seed(ListSeed {
+                    now: self.now,
+                    adding: false,
+                    parsed: self.parsed,
+                })?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `null` or a list of decisions, each converted and pushed as it is read.
+struct ListSeed<'p> {
+    now: u32,
+    adding: bool,
+    parsed: &'p mut Parsed,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("null or a list of decisions")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            let list = if self.adding {
+                &mut self.parsed.delta.new
+            } else {
+                &mut self.parsed.delta.deleted
+            };
+            list.reserve(n);
+        }
+        while let Some(d) = seq.next_element::<RawDecision<'de>>()? {
+            if let Some(op) = convert(&d, self.now, self.adding, self.parsed) {
+                if self.adding {
+                    self.parsed.delta.new.push(op);
+                } else {
+                    self.parsed.delta.deleted.push(op);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses a live-mode answer (`null` or a list of decisions for one IP) into the strongest

@@ -167,6 +167,23 @@ impl DecisionTable {
     /// A table holding exactly the decisions of a startup stream.
     pub fn from_startup(delta: &Delta) -> Self {
         let mut t = Self::default();
+        // Size each shard once: rehashing while a million entries arrive would leave freed
+        // tables behind in the allocator.
+        let mut v4 = vec![0usize; SHARDS];
+        let mut v6 = vec![0usize; SHARDS];
+        for op in &delta.new {
+            match op.target {
+                Target::Ip(IpAddr::V4(a)) => v4[shard_v4(u32::from(a))] += 1,
+                Target::Ip(IpAddr::V6(a)) => v6[shard_v6(u128::from(a))] += 1,
+                Target::Range(_) => {}
+            }
+        }
+        for (shard, n) in t.v4.iter_mut().zip(v4) {
+            Arc::make_mut(shard).reserve(n);
+        }
+        for (shard, n) in t.v6.iter_mut().zip(v6) {
+            Arc::make_mut(shard).reserve(n);
+        }
         t.apply_in_place(delta);
         t
     }

@@ -109,6 +109,9 @@ pub enum SessionState {
     StoreUnavailable,
 }
 
+/// Distinct signed session ids looked up per request, at most.
+const MAX_COOKIE_TRIES: usize = 4;
+
 /// Cache entries held at most; beyond it sessions are simply checked against the store.
 const CACHE_MAX: usize = 200_000;
 
@@ -169,13 +172,23 @@ impl Sessions {
         tracing::warn!(op, error = %e, "session store error");
     }
 
-    /// Resolves the session from the values of the session cookie (several may be sent).
+    /// Resolves the session from the values of the session cookie (several may be sent, e.g.
+    /// one per cookie domain). At most [`MAX_COOKIE_TRIES`] distinct signed ids are looked up,
+    /// and the first store failure ends the search: a request repeating a cookie cannot turn
+    /// into hundreds of store round trips, each up to the store timeout.
     pub async fn resolve<'a>(&self, values: impl Iterator<Item = &'a str>) -> SessionState {
-        let mut unavailable = false;
+        let mut tried: Vec<&str> = Vec::new();
         for value in values {
             let Some(id) = self.codec.verify(Purpose::Session, value) else {
                 continue;
             };
+            if tried.contains(&id) {
+                continue;
+            }
+            if tried.len() == MAX_COOKIE_TRIES {
+                break;
+            }
+            tried.push(id);
             let key = store_key(id);
             let now_ms = now_millis();
             // cache_ttl = 0 turns the cache off: every request asks the store.
@@ -204,15 +217,11 @@ impl Sessions {
                 }
                 Err(e) => {
                     self.error("get", &e);
-                    unavailable = true;
+                    return SessionState::StoreUnavailable;
                 }
             }
         }
-        if unavailable {
-            SessionState::StoreUnavailable
-        } else {
-            SessionState::None
-        }
+        SessionState::None
     }
 
     /// Creates a session for `email` and returns the signed cookie value. A fresh id every

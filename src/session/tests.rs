@@ -93,6 +93,7 @@ async fn login_state_is_single_use() {
 struct Flaky {
     inner: Arc<MemoryStore>,
     down: AtomicBool,
+    gets: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionStore for Flaky {
@@ -100,6 +101,7 @@ impl SessionStore for Flaky {
         &'a self,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
         if self.down.load(Ordering::Relaxed) {
             return Box::pin(async { Err(StoreError::Unavailable("down".into())) });
         }
@@ -141,6 +143,7 @@ async fn store_down_passes_only_recently_validated_sessions() {
     let flaky = Arc::new(Flaky {
         inner: MemoryStore::new(),
         down: AtomicBool::new(false),
+        gets: Default::default(),
     });
     let s = sessions(flaky.clone(), Duration::from_millis(200));
     let seen = s.create("alice@example.com").await.unwrap();
@@ -168,4 +171,36 @@ async fn store_down_passes_only_recently_validated_sessions() {
     );
     // Garbage cookies with the store down are simply no session (nothing to look up).
     assert_eq!(s.resolve(["junk"].into_iter()).await, SessionState::None);
+}
+
+#[tokio::test]
+async fn repeated_cookies_cost_at_most_a_few_store_calls() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        down: AtomicBool::new(false),
+        gets: Default::default(),
+    });
+    let s = sessions(flaky.clone(), Duration::ZERO);
+    let value = s.create("alice@example.com").await.unwrap();
+    s.revoke([value.as_str()].into_iter()).await.unwrap();
+    // 300 copies of one revoked cookie: one lookup.
+    let copies = vec![value.as_str(); 300];
+    assert_eq!(s.resolve(copies.iter().copied()).await, SessionState::None);
+    assert_eq!(flaky.gets.swap(0, Ordering::Relaxed), 1);
+    // 300 different signed ids: at most four lookups.
+    let forged: Vec<String> = (0..300)
+        .map(|_| s.codec().sign(Purpose::Session, &cookie::random_id()))
+        .collect();
+    assert_eq!(
+        s.resolve(forged.iter().map(String::as_str)).await,
+        SessionState::None
+    );
+    assert_eq!(flaky.gets.swap(0, Ordering::Relaxed), 4);
+    // With the store down the first failure ends the search.
+    flaky.down.store(true, Ordering::Relaxed);
+    assert_eq!(
+        s.resolve(forged.iter().map(String::as_str)).await,
+        SessionState::StoreUnavailable
+    );
+    assert_eq!(flaky.gets.load(Ordering::Relaxed), 1);
 }
