@@ -34,6 +34,9 @@ const LIVE_IN_FLIGHT: usize = 64;
 /// Largest LAPI answer read: a startup stream of 1M decisions is ~140 MB of JSON.
 const MAX_STREAM_BODY: usize = 256 << 20;
 const MAX_LIVE_BODY: usize = 1 << 20;
+/// A delta is swapped in in this many steps, so at most this share of the table is copied at
+/// once.
+const APPLY_PARTS: usize = 8;
 
 /// Why a LAPI request failed. Messages are written for the operator and never hold the key.
 #[derive(Debug, thiserror::Error)]
@@ -353,27 +356,36 @@ impl Bouncer {
         };
         let body = self.get(path, timeout, MAX_STREAM_BODY).await?;
         let (now, _) = now_unix();
-        let current = self.table.load_full();
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
         // the runtime threads that answer requests.
-        let next = tokio::task::spawn_blocking(move || -> Result<_, LapiError> {
-            let parsed = parse_stream(&body, now)?;
-            let table = if startup {
-                DecisionTable::from_startup(&parsed.delta)
-            } else if parsed.delta.new.is_empty() && parsed.delta.deleted.is_empty() {
-                return Ok((None, parsed.other_scope + parsed.invalid));
-            } else {
-                current.apply(&parsed.delta)
-            };
-            Ok((Some(table), parsed.other_scope + parsed.invalid))
-        })
-        .await
-        .map_err(|e| LapiError::Setup(e.to_string()))??;
-        let (table, skipped) = next;
-        self.metrics.crowdsec_skipped.inc_by(skipped as u64);
-        if let Some(table) = table {
+        let parsed = tokio::task::spawn_blocking(move || parse_stream(&body, now))
+            .await
+            .map_err(|e| LapiError::Setup(e.to_string()))??;
+        self.metrics
+            .crowdsec_skipped
+            .inc_by((parsed.other_scope + parsed.invalid) as u64);
+        let delta = parsed.delta;
+        if startup {
+            let table = tokio::task::spawn_blocking(move || DecisionTable::from_startup(&delta))
+                .await
+                .map_err(|e| LapiError::Setup(e.to_string()))?;
             self.metrics.set_decisions(&table.counts());
             self.table.store(Arc::new(table));
+        } else if !(delta.new.is_empty() && delta.deleted.is_empty()) {
+            // In parts, each swapped in as soon as it is built (see `apply_part`).
+            let delta = Arc::new(delta);
+            for part in 0..APPLY_PARTS {
+                let current = self.table.load_full();
+                let d = delta.clone();
+                let next =
+                    tokio::task::spawn_blocking(move || current.apply_part(&d, part, APPLY_PARTS))
+                        .await
+                        .map_err(|e| LapiError::Setup(e.to_string()))?;
+                if part + 1 == APPLY_PARTS {
+                    self.metrics.set_decisions(&next.counts());
+                }
+                self.table.store(Arc::new(next));
+            }
         }
         Ok(())
     }

@@ -221,7 +221,27 @@ impl DecisionTable {
         t
     }
 
+    /// A new table with the part `part` of `parts` of `delta` applied: the ops on single
+    /// addresses whose shard falls in that part (ranges go with part 0). Applying every part in
+    /// turn equals [`DecisionTable::apply`]; swapping each step in as it is made means a delta
+    /// that touches every shard copies an eighth of the table at a time, not all of it, while
+    /// each address still moves from its old state to its new one in a single step.
+    pub fn apply_part(&self, delta: &Delta, part: usize, parts: usize) -> Self {
+        let mut t = self.clone();
+        t.apply_filtered(delta, Some((part, parts.max(1))));
+        t
+    }
+
     fn apply_in_place(&mut self, delta: &Delta) {
+        self.apply_filtered(delta, None);
+    }
+
+    fn apply_filtered(&mut self, delta: &Delta, part: Option<(usize, usize)>) {
+        let in_part = |shard: Option<usize>| match (part, shard) {
+            (None, _) => true,
+            (Some((p, _)), None) => p == 0,
+            (Some((p, n)), Some(s)) => s * n / SHARDS == p,
+        };
         let mut ranges: Option<Ranges> = None;
         for (op, add) in delta
             .deleted
@@ -233,14 +253,23 @@ impl DecisionTable {
             match op.target {
                 Target::Ip(IpAddr::V4(a)) => {
                     let k = u32::from(a);
-                    let map = Arc::make_mut(&mut self.v4[shard_v4(k)]);
+                    let s = shard_v4(k);
+                    if !in_part(Some(s)) {
+                        continue;
+                    }
+                    let map = Arc::make_mut(&mut self.v4[s]);
                     update(map, k, i, add, op.until, &mut self.counts.ip[i]);
                 }
                 Target::Ip(IpAddr::V6(a)) => {
                     let k = u128::from(a);
-                    let map = Arc::make_mut(&mut self.v6[shard_v6(k)]);
+                    let s = shard_v6(k);
+                    if !in_part(Some(s)) {
+                        continue;
+                    }
+                    let map = Arc::make_mut(&mut self.v6[s]);
                     update(map, k, i, add, op.until, &mut self.counts.ip[i]);
                 }
+                Target::Range(_) if !in_part(None) => continue,
                 Target::Range(net) => {
                     let r = ranges.get_or_insert_with(|| (*self.ranges).clone());
                     update(
@@ -548,6 +577,42 @@ mod tests {
             });
         assert_eq!(lookup(&t5, "1.2.3.4"), Some(Kind::Ban));
         assert_eq!(t5.counts().total(), 1);
+    }
+
+    #[test]
+    fn applying_in_parts_equals_applying_at_once() {
+        let mut new = Vec::new();
+        for i in 0..2000u32 {
+            new.push(op(
+                &std::net::Ipv4Addr::from(0x0B00_0000 + i * 7919).to_string(),
+                Kind::Ban,
+                60,
+            ));
+        }
+        new.push(op("10.0.0.0/24", Kind::Ban, 60));
+        new.push(op("2001:db8::5", Kind::Captcha, 60));
+        let start = DecisionTable::from_startup(&Delta {
+            deleted: vec![],
+            new: new[..1000].to_vec(),
+        });
+        let delta = Delta {
+            deleted: new[..500].to_vec(),
+            new: new[1000..].to_vec(),
+        };
+        let whole = start.apply(&delta);
+        let mut stepped = start.clone();
+        for part in 0..8 {
+            stepped = stepped.apply_part(&delta, part, 8);
+        }
+        assert_eq!(stepped.counts(), whole.counts());
+        for o in &new {
+            let ip = match o.target {
+                Target::Ip(ip) => ip,
+                Target::Range(n) => n.addr(),
+            };
+            assert_eq!(stepped.lookup(ip, NOW), whole.lookup(ip, NOW), "{ip}");
+        }
+        assert_eq!(whole.counts().total(), 1502);
     }
 
     #[test]
