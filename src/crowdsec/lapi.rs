@@ -81,6 +81,7 @@ pub struct Bouncer {
     live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
     client: reqwest::Client,
     live_slots: tokio::sync::Semaphore,
+    builder: Builder,
     client_cert: bool,
     base: url::Url,
     key: HeaderValue,
@@ -154,6 +155,7 @@ impl Bouncer {
             live_cache: DashMap::default(),
             client,
             live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
+            builder: Builder::start()?,
             client_cert: config.cert_file.is_some(),
             base,
             key,
@@ -329,17 +331,18 @@ impl Bouncer {
             }
             if now.saturating_sub(last_sweep) >= 60 {
                 last_sweep = now;
-                self.sweep(now, now_ms);
+                self.sweep(now, now_ms).await;
             }
             tokio::time::sleep(self.update_interval).await;
         }
     }
 
-    fn sweep(&self, now: u32, now_ms: u64) {
+    async fn sweep(&self, now: u32, now_ms: u64) {
         match self.mode {
             CrowdsecMode::Stream => {
                 let current = self.table.load_full();
-                if let Some(swept) = current.sweep(now) {
+                let swept = self.builder.run(move || current.sweep(now)).await;
+                if let Ok(Some(swept)) = swept {
                     self.metrics.set_decisions(&swept.counts());
                     self.table.store(Arc::new(swept));
                 }
@@ -358,17 +361,16 @@ impl Bouncer {
         let (now, _) = now_unix();
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
         // the runtime threads that answer requests.
-        let parsed = tokio::task::spawn_blocking(move || parse_stream(&body, now))
-            .await
-            .map_err(|e| LapiError::Setup(e.to_string()))??;
+        let parsed = self.builder.run(move || parse_stream(&body, now)).await??;
         self.metrics
             .crowdsec_skipped
             .inc_by((parsed.other_scope + parsed.invalid) as u64);
         let delta = parsed.delta;
         if startup {
-            let table = tokio::task::spawn_blocking(move || DecisionTable::from_startup(&delta))
-                .await
-                .map_err(|e| LapiError::Setup(e.to_string()))?;
+            let table = self
+                .builder
+                .run(move || DecisionTable::from_startup(&delta))
+                .await?;
             self.metrics.set_decisions(&table.counts());
             self.table.store(Arc::new(table));
         } else if !(delta.new.is_empty() && delta.deleted.is_empty()) {
@@ -377,10 +379,10 @@ impl Bouncer {
             for part in 0..APPLY_PARTS {
                 let current = self.table.load_full();
                 let d = delta.clone();
-                let next =
-                    tokio::task::spawn_blocking(move || current.apply_part(&d, part, APPLY_PARTS))
-                        .await
-                        .map_err(|e| LapiError::Setup(e.to_string()))?;
+                let next = self
+                    .builder
+                    .run(move || current.apply_part(&d, part, APPLY_PARTS))
+                    .await?;
                 if part + 1 == APPLY_PARTS {
                     self.metrics.set_decisions(&next.counts());
                 }
@@ -400,6 +402,45 @@ impl Bouncer {
             .await?;
         parse_live(&body, now_unix().0)?;
         Ok(())
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One long-lived thread that parses LAPI answers and builds tables. Keeping all of that work
+/// on a single thread keeps its allocations in one allocator arena, where the memory a previous
+/// table freed is reused by the next; spread over the blocking pool's threads, each arena kept
+/// its own high-water mark and the resident set grew with every delta.
+struct Builder {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Builder {
+    fn start() -> Result<Self, LapiError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("crowdsec-table".to_owned())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| LapiError::Setup(format!("cannot start the table thread: {e}")))?;
+        Ok(Self { jobs: tx })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LapiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| LapiError::Setup("the table thread has stopped".to_owned()))?;
+        rx.await
+            .map_err(|_| LapiError::Setup("the table thread dropped a job".to_owned()))
     }
 }
 
