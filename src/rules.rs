@@ -75,9 +75,14 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// A normalised path prefix without a trailing `/` (except the root itself).
+/// A normalised path prefix without a trailing `/` (except the root itself), and the text it
+/// was written as (printed back by `check-config`: printing the decoded form would decode it a
+/// second time on the next load).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPrefix(String);
+pub struct PathPrefix {
+    normal: String,
+    raw: String,
+}
 
 impl PathPrefix {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -89,20 +94,29 @@ impl PathPrefix {
         let normal = normalize_path(text.as_bytes())
             .map_err(|e| format!("invalid path prefix {text:?}: {e}"))?;
         let trimmed = normal.trim_end_matches('/');
-        Ok(PathPrefix(if trimmed.is_empty() {
-            "/".to_owned()
-        } else {
-            trimmed.to_owned()
-        }))
+        Ok(PathPrefix {
+            normal: if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            },
+            raw: text.to_owned(),
+        })
     }
 
+    /// The normalised prefix that requests are matched against.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.normal
+    }
+
+    /// The prefix as written in the config.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 
     /// Segment-prefix match: `/admin` matches `/admin` and `/admin/x`, not `/administrator`.
     pub fn matches(&self, path: &str) -> bool {
-        let p = self.0.as_str();
+        let p = self.normal.as_str();
         if p == "/" {
             return true;
         }

@@ -572,7 +572,7 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
     Some(match net {
         IpNet::V6(n) => match n.addr().to_ipv4_mapped() {
             Some(v4) if n.prefix_len() >= 96 => {
-                IpNet::V4(ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).ok()?)
+                IpNet::V4(ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).ok()?.trunc())
             }
             _ => IpNet::V6(n.trunc()),
         },
@@ -797,13 +797,16 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
         c.auth.allowed_domains = v;
     }
     if let Some(v) = s.get("allowed_emails", cx, |v, e| {
-        let list = string_list(v, e)?;
+        let list: Vec<String> = string_list(v, e)?
+            .iter()
+            .map(|a| a.trim().to_ascii_lowercase())
+            .collect();
         for addr in &list {
-            if addr.matches('@').count() != 1 || addr.starts_with('@') || addr.ends_with('@') {
-                return Err(format!("not an email address: {addr:?}"));
+            if crate::oauth::email::normalize(addr).is_none() {
+                return Err(format!("not a plain email address: {addr:?}"));
             }
         }
-        Ok(list.iter().map(|a| a.trim().to_ascii_lowercase()).collect())
+        Ok(list)
     }) {
         c.auth.allowed_emails = v;
     }
@@ -917,6 +920,10 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     }
     if let Some(v) = s.get("level", cx, |v, e| {
         let t = string(v, e)?;
+        // The filter parser panics on some non-ASCII input; a level is ASCII anyway.
+        if !t.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(format!("not a log level or filter: {t:?}"));
+        }
         tracing_subscriber::EnvFilter::try_new(&t)
             .map_err(|e| format!("not a log level or filter: {e}"))?;
         Ok(t)
@@ -1200,7 +1207,7 @@ impl Config {
                     t.insert("host".into(), s(h.to_string()));
                 }
                 if let Some(p) = &r.path_prefix {
-                    t.insert("path_prefix".into(), s(p.as_str()));
+                    t.insert("path_prefix".into(), s(p.raw()));
                 }
                 t.insert("methods".into(), list(&r.methods));
                 t.insert("policy".into(), s(r.policy.as_str()));

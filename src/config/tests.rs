@@ -338,3 +338,27 @@ fn warnings_for_likely_mistakes() {
     assert!(c.warnings().iter().any(|w| w.contains("/0")));
     assert!(Config::default().warnings().is_empty());
 }
+
+#[test]
+fn fuzzer_findings_round_trip() {
+    // Inputs the config fuzz target found: each loads, and prints back as itself.
+    for text in [
+        "[auth]\nallowed_emails = [\" Alice@Example.com \"]\n",
+        "[server]\ntrusted_proxies = [\"::ffff:10.5.0.0/104\"]\n",
+        "[[rules]]\npath_prefix = \"/a%20b\"\npolicy = \"deny\"\n",
+        "[[rules]]\npath_prefix = \"/%2561\"\npolicy = \"public\"\n",
+    ] {
+        let c = parse(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parse(&c.to_toml(), &[]).unwrap(), c, "{text}");
+    }
+    // An empty local part after trimming is not an address.
+    assert_has(
+        &errors("[auth]\nallowed_emails = [\" @example.com\"]\n", &[]),
+        "auth.allowed_emails: not a plain email address",
+    );
+    // Non-ASCII log filters are refused instead of reaching a parser that panics on them.
+    assert_has(
+        &errors("[log]\nlevel = \"info, \u{e9}=debug\"\n", &[]),
+        "log.level: not a log level or filter",
+    );
+}
