@@ -24,3 +24,16 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+
+/// An error with its sources, `: `-joined: HTTP client errors keep the useful part (connection
+/// refused, a certificate problem, a timeout) in their sources.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -241,7 +241,7 @@ impl Bouncer {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| LapiError::Transport(error_chain(&e)))?;
+            .map_err(|e| LapiError::Transport(crate::error_chain(&e)))?;
         match resp.status().as_u16() {
             200 => {
                 if resp.content_length().is_some_and(|n| n > max_body as u64) {
@@ -255,7 +255,7 @@ impl Bouncer {
                 while let Some(chunk) = resp
                     .chunk()
                     .await
-                    .map_err(|e| LapiError::Transport(error_chain(&e)))?
+                    .map_err(|e| LapiError::Transport(crate::error_chain(&e)))?
                 {
                     if body.len() + chunk.len() > max_body {
                         return Err(LapiError::TooLarge(max_body));
@@ -442,16 +442,4 @@ impl Builder {
         rx.await
             .map_err(|_| LapiError::Setup("the table thread dropped a job".to_owned()))
     }
-}
-
-/// `reqwest` errors hide the useful part (connection refused, timeout) in their sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }

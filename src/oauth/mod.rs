@@ -142,7 +142,7 @@ impl Provider {
     async fn discover(&self) -> Result<Arc<Discovered>, LoginError> {
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| LoginError::ProviderUnavailable(error_chain(&e)))?;
+            .map_err(|e| LoginError::ProviderUnavailable(crate::error_chain(&e)))?;
         let jwks = metadata.jwks().clone();
         let jwks_uri = metadata.jwks_uri().clone();
         let client = openidconnect::core::CoreClient::from_provider_metadata(
@@ -229,9 +229,9 @@ impl Provider {
                 // The provider could not be reached or answered garbage: not the user's fault.
                 openidconnect::RequestTokenError::Request(_)
                 | openidconnect::RequestTokenError::Parse(..) => {
-                    LoginError::ProviderUnavailable(error_chain(&e))
+                    LoginError::ProviderUnavailable(crate::error_chain(&e))
                 }
-                other => LoginError::Exchange(error_chain(&other)),
+                other => LoginError::Exchange(crate::error_chain(&other)),
             })?;
         let _ = response.access_token(); // Never stored: the session holds only the email.
         let id_token = response
@@ -298,7 +298,7 @@ impl Provider {
         *last = Some(Instant::now());
         let jwks = CoreJsonWebKeySet::fetch_async(&d.jwks_uri, &self.http)
             .await
-            .map_err(|e| LoginError::ProviderUnavailable(error_chain(&e)))?;
+            .map_err(|e| LoginError::ProviderUnavailable(crate::error_chain(&e)))?;
         let fresh = Arc::new(Discovered {
             client: d.client.clone(),
             jwks: jwks.clone(),
@@ -315,15 +315,4 @@ fn hd_claim(compact: &str) -> Option<String> {
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     value.get("hd")?.as_str().map(str::to_owned)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
