@@ -61,8 +61,6 @@ pub struct View<'a> {
     pub forwarded: Forwarded<'a>,
     /// `http` or `https`: the forwarded scheme from a trusted proxy, else `http`.
     pub proto: &'a str,
-    /// A navigation a browser can follow a redirect on (GET/HEAD asking for HTML, not XHR).
-    pub browser_navigation: bool,
 }
 
 impl<'a> View<'a> {
@@ -97,21 +95,28 @@ impl<'a> View<'a> {
             _ if trusted => "https",
             _ => "http",
         };
-        let method_ok = matches!(forwarded.method, Some("GET" | "HEAD"));
-        let wants_html = headers
-            .get_all(ACCEPT)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
-        let xhr = headers
-            .get(X_REQUESTED_WITH)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
         Self {
             peer_trusted: trusted,
             headers,
             forwarded,
             proto,
-            browser_navigation: method_ok && wants_html && !xhr,
         }
+    }
+
+    /// A navigation a browser can follow a redirect on (GET/HEAD asking for HTML, not XHR).
+    /// Only a login answer needs it, so it is not computed on the hot path.
+    pub fn browser_navigation(&self) -> bool {
+        let method_ok = matches!(self.forwarded.method, Some("GET" | "HEAD"));
+        let wants_html = self
+            .headers
+            .get_all(ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")));
+        let xhr = self
+            .headers
+            .get(X_REQUESTED_WITH)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+        method_ok && wants_html && !xhr
     }
 
     /// Every value of cookie `name` the request carries.
@@ -385,7 +390,7 @@ impl App {
                         resp.headers_mut().insert(LOCATION, loc);
                         resp
                     }
-                    (Some(loc), Endpoint::Auth) if view.browser_navigation => {
+                    (Some(loc), Endpoint::Auth) if view.browser_navigation() => {
                         let mut resp = plain(StatusCode::FOUND, "login required\n");
                         resp.headers_mut().insert(LOCATION, loc);
                         resp
