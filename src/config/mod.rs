@@ -614,13 +614,36 @@ fn path(v: &Value, env: bool) -> Result<PathBuf, String> {
 }
 
 fn domain_list(v: &Value, env: bool) -> Result<Vec<String>, String> {
+    domains(v, env, false)
+}
+
+/// `redirect_domains` entries may name a port (`example.com:8443`); other domain lists may not.
+fn redirect_domain_list(v: &Value, env: bool) -> Result<Vec<String>, String> {
+    domains(v, env, true)
+}
+
+fn domains(v: &Value, env: bool, ports: bool) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for s in string_list(v, env)? {
         let lower = s.trim().trim_end_matches('.').to_ascii_lowercase();
         let bare = lower.strip_prefix('.').unwrap_or(&lower);
-        let host = bare.split(':').next().unwrap_or("");
-        if host.is_empty() || !host.split('.').all(is_dns_label) {
-            return Err(format!("not a domain name: {s:?}"));
+        let (host, port) = match bare.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (bare, None),
+        };
+        let port_ok = match port {
+            None => true,
+            Some(p) => ports && !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n > 0),
+        };
+        if host.is_empty() || !host.split('.').all(is_dns_label) || !port_ok {
+            return Err(format!(
+                "not a domain name{}: {s:?}",
+                if ports {
+                    " (with an optional :port)"
+                } else {
+                    ""
+                }
+            ));
         }
         out.push(lower);
     }
@@ -810,7 +833,7 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     }) {
         c.auth.allowed_emails = v;
     }
-    if let Some(v) = s.get("redirect_domains", cx, domain_list) {
+    if let Some(v) = s.get("redirect_domains", cx, redirect_domain_list) {
         c.auth.redirect_domains = v;
     }
     s.finish(cx);

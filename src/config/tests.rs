@@ -362,3 +362,27 @@ fn fuzzer_findings_round_trip() {
         "log.level: not a log level or filter",
     );
 }
+
+#[test]
+fn domain_lists_and_ports() {
+    let c = parse(
+        "[auth]\nredirect_domains = [\".example.com\", \"other.org:8443\"]\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.auth.redirect_domains, [".example.com", "other.org:8443"]);
+    for bad in [
+        "example.com:abc",
+        "example.com:0",
+        "example.com:99999",
+        "example.com:",
+    ] {
+        let errs = errors(&format!("[auth]\nredirect_domains = [\"{bad}\"]\n"), &[]);
+        assert_has(&errs, "auth.redirect_domains: not a domain name");
+    }
+    // Cookie domains and allowed domains take no port at all.
+    assert_has(
+        &errors("[session]\ncookie_domains = [\".example.com:443\"]\n", &[]),
+        "session.cookie_domains: not a domain name",
+    );
+}
