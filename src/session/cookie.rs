@@ -20,14 +20,40 @@ pub fn random_id() -> String {
 /// The store key for an id: its SHA-256, so that whoever reads the store cannot present the
 /// ids it finds there (they would still need the cookie key, but two locks beat one).
 pub fn store_key(id: &str) -> String {
+    hex(&digest(id))
+}
+
+/// SHA-256 of an id: the local cache's key (no allocation), hex-encoded for the store.
+pub fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+pub fn hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(id.as_bytes());
     let mut out = String::with_capacity(64);
-    for b in digest {
+    for &b in digest {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 0xf)] as char);
     }
     out
+}
+
+/// The digest a store key names; `None` for anything that is not 64 lower-case hex digits.
+pub fn parse_hex(key: &str) -> Option<[u8; 32]> {
+    let bytes = key.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 /// What a signed value is for; each purpose signs with its own derived key.
@@ -169,5 +195,8 @@ mod tests {
         let got: Vec<&str> = cookie_values(headers.into_iter(), "_jg").collect();
         assert_eq!(got, ["one", "two"]);
         assert_eq!(store_key("x").len(), 64);
+        assert_eq!(parse_hex(&store_key("x")), Some(digest("x")));
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex(&"A".repeat(64)), None);
     }
 }

@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
-use cookie::{store_key, CookieCodec, Purpose};
+use cookie::{digest, hex, parse_hex, store_key, CookieCodec, Purpose};
 
 /// What the store keeps for a session. No provider token is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +119,8 @@ const CACHE_MAX: usize = 200_000;
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     codec: CookieCodec,
-    cache: Arc<DashMap<String, CacheEntry, foldhash::fast::RandomState>>,
+    /// Keyed by the id's SHA-256 digest: no string is built on a cache hit.
+    cache: Arc<DashMap<[u8; 32], CacheEntry, foldhash::fast::RandomState>>,
     cache_ttl_ms: u64,
     lifetime: Duration,
     metrics: Arc<Metrics>,
@@ -144,7 +145,9 @@ impl Sessions {
         let cache = sessions.cache.clone();
         store.watch_revocations(Arc::new(move |key: Option<&str>| match key {
             Some(k) => {
-                cache.remove(k);
+                if let Some(d) = parse_hex(k) {
+                    cache.remove(&d);
+                }
             }
             // The broadcast may have been missed (reconnect): forget everything.
             None => cache.clear(),
@@ -189,13 +192,13 @@ impl Sessions {
                 break;
             }
             tried.push(id);
-            let key = store_key(id);
+            let d = digest(id);
             let now_ms = now_millis();
             // cache_ttl = 0 turns the cache off: every request asks the store.
             let hit = if self.cache_ttl_ms == 0 {
                 None
             } else {
-                self.cache.get(&key)
+                self.cache.get(&d)
             };
             if let Some(hit) = hit {
                 let (email, checked_ms, expires) = hit.clone();
@@ -204,16 +207,17 @@ impl Sessions {
                     return SessionState::Valid { email };
                 }
             }
+            let key = hex(&d);
             match self.store.get_session(&key).await {
                 Ok(Some(rec)) if rec.expires > now_ms / 1000 => {
                     let email: Arc<str> = rec.email.into();
                     if self.cache_ttl_ms > 0 && self.cache.len() < CACHE_MAX {
-                        self.cache.insert(key, (email.clone(), now_ms, rec.expires));
+                        self.cache.insert(d, (email.clone(), now_ms, rec.expires));
                     }
                     return SessionState::Valid { email };
                 }
                 Ok(_) => {
-                    self.cache.remove(&key);
+                    self.cache.remove(&d);
                 }
                 Err(e) => {
                     self.error("get", &e);
@@ -250,8 +254,9 @@ impl Sessions {
     ) -> Result<(), StoreError> {
         for value in values {
             if let Some(id) = self.codec.verify(Purpose::Session, value) {
-                let key = store_key(id);
-                self.cache.remove(&key);
+                let d = digest(id);
+                self.cache.remove(&d);
+                let key = hex(&d);
                 if let Err(e) = self.store.revoke_session(&key).await {
                     self.error("revoke", &e);
                     return Err(e);
