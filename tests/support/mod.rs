@@ -70,12 +70,22 @@ pub(crate) fn blocking_get(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    blocking_request(addr, "GET", path, timeout)
+}
+
+/// A minimal blocking request without a body over HTTP/1.0; returns the status and the body.
+pub(crate) fn blocking_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
