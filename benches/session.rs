@@ -119,7 +119,7 @@ fn bench_store(
                     session_verdict(&s, &emails)
                 }
                 Step::Done(v) => v,
-                Step::Callback => unreachable!("not the callback path"),
+                Step::Gate(_) => unreachable!("not a gate page"),
             };
             debug_assert!(matches!(v, Verdict::Allow { user: Some(_) }));
             black_box(v)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::crowdsec::Kind;
 use crate::oauth::email::EmailPolicy;
 use crate::ratelimit::{Limiter, Outcome};
-use crate::rules::{normalize_host, normalize_path, PathError, Policy, Rules};
+use crate::rules::{normalize_host, normalize_path, GatePage, PathError, Policy, Rules};
 use crate::session::SessionState;
 
 /// What CrowdSec says about the client, already looked up by the edge.
@@ -95,6 +95,27 @@ impl Verdict {
     }
 }
 
+/// The reason for a verdict, for the per-decision debug log line. Names no secret: never a
+/// cookie, token or session id.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Allow { user: None } => f.write_str("no login needed"),
+            Verdict::Allow { user: Some(_) } => f.write_str("valid session, email allowed"),
+            Verdict::Banned(kind) => write!(f, "CrowdSec decision {}", kind.as_str()),
+            Verdict::CrowdsecUnavailable => {
+                f.write_str("CrowdSec not synced within max_staleness and fail_closed is set")
+            }
+            Verdict::Limited { .. } => f.write_str("over the rate limit"),
+            Verdict::Forbidden => f.write_str("a deny rule matched"),
+            Verdict::Login => f.write_str("login route without a session"),
+            Verdict::ForbiddenUser => f.write_str("the session's email is not allowed"),
+            Verdict::StoreUnavailable => f.write_str("session store unavailable"),
+            Verdict::BadRequest(why) => write!(f, "bad request: {why}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerdictLabel {
     Allow,
@@ -137,13 +158,11 @@ pub enum Step {
     Done(Verdict),
     /// A `login` route: step 5 needs the session ([`session_verdict`]).
     NeedsSession,
-    /// The OAuth callback arriving through ForwardAuth (`X-Forwarded-Uri` names it): it is
-    /// answered by the login flow, before any rule, so a `login` rule cannot loop on it.
-    Callback,
+    /// One of the gate's own pages arriving through ForwardAuth (`X-Forwarded-Uri` names it):
+    /// the edge answers it, before any rule, so a `login` rule cannot send a login page to a
+    /// login (a redirect loop).
+    Gate(GatePage),
 }
-
-/// The callback path, as SPEC names it.
-pub const CALLBACK_PATH: &str = "/oauth2/callback";
 
 /// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints. `user`
 /// is the signed-in user when the limiter is keyed by user and a session was found.
@@ -204,10 +223,10 @@ fn decide_route<C: Clock + Clone>(
     let host = request.host.ok_or(Verdict::BadRequest(BadRequest::Host))?;
     let uri = request.uri.ok_or(Verdict::BadRequest(BadRequest::Uri))?;
     let path = normalize_path(uri).map_err(|e| Verdict::BadRequest(BadRequest::Path(e)))?;
-    if rules.login_available() && path == CALLBACK_PATH {
-        return Ok(Step::Callback);
-    }
     let host = normalize_host(host).ok_or(Verdict::BadRequest(BadRequest::Host))?;
+    if let Some(page) = rules.gate_page(&host, &path) {
+        return Ok(Step::Gate(page));
+    }
     match rules.policy(method, &host, &path) {
         Policy::Public => Err(Verdict::Allow { user: None }),
         Policy::Deny => Err(Verdict::Forbidden),
@@ -231,7 +250,7 @@ pub fn session_verdict(session: &SessionState, policy: &EmailPolicy) -> Verdict 
 mod tests {
     use super::*;
     use crate::config::{RateKeyKind, RateLimit};
-    use crate::rules::{PathPrefix, Rule};
+    use crate::rules::{GatePages, PathPrefix, Rule};
     use governor::clock::FakeRelativeClock;
 
     fn limiter(per_second: u32) -> Limiter<FakeRelativeClock> {
@@ -341,8 +360,85 @@ mod tests {
         let login = Rules::new(vec![], true);
         let run = |uri| decide(IP, CrowdsecState::Clear, &l, &login, &req(uri), None);
         assert_eq!(run("/"), Step::NeedsSession);
-        assert_eq!(run("/oauth2/callback?code=x&state=y"), Step::Callback);
-        assert_eq!(run("/x/../oauth2/callback"), Step::Callback);
+        let callback = Step::Gate(GatePage::Callback);
+        assert_eq!(run("/oauth2/callback?code=x&state=y"), callback);
+        assert_eq!(run("/x/../oauth2/callback"), callback);
+        // Without a public URL only the callback is known: `/oauth2/start` is an app's path.
+        assert_eq!(run("/oauth2/start"), Step::NeedsSession);
+    }
+
+    /// The gate's own pages are recognised in every spelling the path rules read as the same
+    /// path, only on `public_url`'s host (the callback on every host), and under its prefix.
+    #[test]
+    fn gate_pages() {
+        let l = limiter(0);
+        let at = |public_host: &str, prefix: &str, host: &str, uri: &str| {
+            let rules = Rules::new(vec![], true)
+                .with_gate_pages(GatePages::new(public_host, prefix).expect("valid"));
+            let f = Forwarded {
+                method: Some("GET"),
+                host: Some(host),
+                uri: Some(uri.as_bytes()),
+            };
+            decide(IP, CrowdsecState::Clear, &l, &rules, &f, None)
+        };
+        let auth = |uri| at("auth.example.com", "/", "auth.example.com", uri);
+        for (uri, page) in [
+            ("/", GatePage::Home),
+            ("/?x=1", GatePage::Home),
+            (
+                "/oauth2/start?rd=https%3A%2F%2Fapp.example.com%2F",
+                GatePage::Start,
+            ),
+            ("//oauth2//start", GatePage::Start),
+            ("/x/../oauth2/./start", GatePage::Start),
+            ("/oauth2/%73tart", GatePage::Start),
+            ("/oauth2/callback?code=c&state=s", GatePage::Callback),
+            ("/oauth2/sign_out", GatePage::SignOut),
+            ("/oauth2/userinfo", GatePage::UserInfo),
+        ] {
+            assert_eq!(auth(uri), Step::Gate(page), "{uri}");
+        }
+        // Not a gate page: the rules decide (login by default).
+        for uri in [
+            "/oauth2/start/",
+            "/oauth2/startx",
+            "/oauth2",
+            "/OAUTH2/start",
+            "/x",
+        ] {
+            assert_eq!(auth(uri), Step::NeedsSession, "{uri}");
+        }
+        // Host spellings of the public host.
+        for host in [
+            "AUTH.example.com",
+            "auth.example.com.",
+            "auth.example.com:8443",
+        ] {
+            assert_eq!(
+                at("auth.example.com", "/", host, "/oauth2/start"),
+                Step::Gate(GatePage::Start),
+                "{host}"
+            );
+        }
+        // On another host only the callback belongs to the gate.
+        let app = |uri| at("auth.example.com", "/", "app.example.com", uri);
+        assert_eq!(app("/"), Step::NeedsSession);
+        assert_eq!(app("/oauth2/start"), Step::NeedsSession);
+        assert_eq!(app("/oauth2/callback"), Step::Gate(GatePage::Callback));
+        // Under a path prefix.
+        let pre = |uri| at("example.com", "/gate/", "example.com", uri);
+        assert_eq!(pre("/gate/oauth2/start"), Step::Gate(GatePage::Start));
+        assert_eq!(pre("/gate/"), Step::Gate(GatePage::Home));
+        assert_eq!(pre("/gate"), Step::Gate(GatePage::Home));
+        assert_eq!(pre("/oauth2/start"), Step::NeedsSession);
+        assert_eq!(pre("/"), Step::NeedsSession);
+        assert_eq!(pre("/gatex/oauth2/start"), Step::NeedsSession);
+        // A path the rules refuse stays refused.
+        assert_eq!(
+            auth("/oauth2/start;x"),
+            Step::Done(Verdict::BadRequest(BadRequest::Path(PathError::Semicolon)))
+        );
     }
 
     #[test]

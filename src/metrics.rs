@@ -26,7 +26,8 @@ pub enum Endpoint {
 impl Endpoint {
     const ALL: [Endpoint; 2] = [Endpoint::Auth, Endpoint::AuthRequest];
 
-    fn as_str(self) -> &'static str {
+    /// The `endpoint` label.
+    pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Auth => "auth",
             Endpoint::AuthRequest => "auth_request",

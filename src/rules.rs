@@ -150,16 +150,101 @@ impl Rule {
     }
 }
 
+/// One of the gate's own pages, as `/auth` recognises it in `X-Forwarded-Uri`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatePage {
+    /// `/`: who is signed in.
+    Home,
+    /// `/oauth2/start`
+    Start,
+    /// `/oauth2/callback`
+    Callback,
+    /// `/oauth2/sign_out`
+    SignOut,
+    /// `/oauth2/userinfo`
+    UserInfo,
+}
+
+impl GatePage {
+    /// The page's path below `public_url`'s path.
+    pub fn path(self) -> &'static str {
+        match self {
+            GatePage::Home => "/",
+            GatePage::Start => "/oauth2/start",
+            GatePage::Callback => "/oauth2/callback",
+            GatePage::SignOut => "/oauth2/sign_out",
+            GatePage::UserInfo => "/oauth2/userinfo",
+        }
+    }
+
+    const ALL: [GatePage; 5] = [
+        GatePage::Home,
+        GatePage::Start,
+        GatePage::Callback,
+        GatePage::SignOut,
+        GatePage::UserInfo,
+    ];
+}
+
+/// Where the gate's own pages live: `/` and `/oauth2/*` under `server.public_url` (its host and
+/// path). Users put the forwardAuth middleware on the gate's own router, on the whole entrypoint,
+/// or give the gate no router at all; `/auth` must then recognise these pages, or it answers
+/// them with a login redirect to themselves (a loop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatePages {
+    /// `public_url`'s host, normalised like a request host; `None`: only the callback is known.
+    host: Option<String>,
+    /// `public_url`'s path without its trailing `/` (empty at the root).
+    prefix: String,
+}
+
+impl GatePages {
+    /// The pages under a public URL with this host (`auth.example.com`, any case, no port) and
+    /// path (`/` or a prefix such as `/gate/`). `None` when the host is not a valid host name.
+    pub fn new(host: &str, path: &str) -> Option<Self> {
+        let host = normalize_host(host)?.into_owned();
+        let prefix = normalize_path(path.as_bytes()).ok()?;
+        Some(GatePages {
+            host: Some(host),
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The normalised path of `page` (e.g. `/gate/oauth2/start`).
+    pub fn path_of(&self, page: GatePage) -> String {
+        format!("{}{}", self.prefix, page.path())
+    }
+
+    /// Which gate page a request is for. `host` and `path` are normalised ([`normalize_host`],
+    /// [`normalize_path`]). The callback is recognised on every host (a provider returns to the
+    /// one registered URL, but a proxy may present it under another name); the other pages only
+    /// on `public_url`'s host, where they cannot shadow an application's own `/`.
+    pub fn page(&self, host: &str, path: &str) -> Option<GatePage> {
+        let rest = path.strip_prefix(self.prefix.as_str())?;
+        let page = GatePage::ALL.into_iter().find(|p| {
+            rest == p.path() || (*p == GatePage::Home && rest.is_empty() && !self.prefix.is_empty())
+        })?;
+        if page == GatePage::Callback || self.host.as_deref() == Some(host) {
+            Some(page)
+        } else {
+            None
+        }
+    }
+}
+
 /// The ordered rule list and the policy for requests no rule matches.
 #[derive(Debug, Clone)]
 pub struct Rules {
     rules: Vec<Rule>,
     fallback: Policy,
+    /// With a login provider: the gate's own pages, answered before any rule.
+    gate: Option<GatePages>,
 }
 
 impl Rules {
     /// `login_available`: with a provider configured, unmatched routes need a login; without
-    /// one they are public.
+    /// one they are public. With a provider, `/oauth2/callback` is recognised on every host until
+    /// [`Rules::with_gate_pages`] gives the public URL.
     pub fn new(rules: Vec<Rule>, login_available: bool) -> Self {
         Self {
             rules,
@@ -168,7 +253,21 @@ impl Rules {
             } else {
                 Policy::Public
             },
+            gate: login_available.then(GatePages::default),
         }
+    }
+
+    /// Recognises the gate's own pages under `public_url` (only with a provider).
+    pub fn with_gate_pages(mut self, pages: GatePages) -> Self {
+        if self.gate.is_some() {
+            self.gate = Some(pages);
+        }
+        self
+    }
+
+    /// Which of the gate's own pages a request is for (normalised host and path).
+    pub fn gate_page(&self, host: &str, path: &str) -> Option<GatePage> {
+        self.gate.as_ref()?.page(host, path)
     }
 
     /// Whether a login provider is configured (unmatched routes then need a login).

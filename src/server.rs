@@ -23,7 +23,6 @@ use tracing::{info, warn};
 use crate::client_ip::TrustedProxies;
 use crate::config::{decode_cookie_secret, Config, Provider as ProviderKind, StoreKind};
 use crate::crowdsec::lapi::Bouncer;
-use crate::decision::CALLBACK_PATH;
 use crate::http::login::Login;
 use crate::http::App;
 use crate::metrics::Metrics;
@@ -31,7 +30,7 @@ use crate::oauth::email::EmailPolicy;
 use crate::oauth::redirect::RedirectPolicy;
 use crate::oauth::Provider;
 use crate::ratelimit::Limiter;
-use crate::rules::Rules;
+use crate::rules::{GatePage, GatePages, Rules};
 use crate::session::cookie::CookieCodec;
 use crate::session::memory::MemoryStore;
 use crate::session::redis::RedisStore;
@@ -56,7 +55,8 @@ pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     };
     Ok(Arc::new(App {
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
-        rules: Rules::new(config.rules.clone(), config.auth.provider.is_some()),
+        rules: Rules::new(config.rules.clone(), config.auth.provider.is_some())
+            .with_gate_pages(login.as_ref().map(|l| l.pages.clone()).unwrap_or_default()),
         limiter: Limiter::new(&config.rate_limit),
         bouncer,
         login,
@@ -104,9 +104,12 @@ async fn build_login(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<L
         config.session.lifetime,
         metrics.clone(),
     );
-    let callback = crate::http::login::endpoint_of(&public_url, CALLBACK_PATH);
+    let callback = crate::http::login::endpoint_of(&public_url, GatePage::Callback.path());
+    let pages = GatePages::new(public_url.host_str().unwrap_or_default(), public_url.path())
+        .ok_or_else(|| anyhow::anyhow!("server.public_url has no usable host name"))?;
     Ok(Login {
         provider: Provider::new(&config.auth, callback.as_str()).map_err(anyhow::Error::msg)?,
+        pages,
         sessions,
         emails: EmailPolicy::new(
             &config.auth.allowed_domains,

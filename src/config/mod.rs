@@ -22,6 +22,9 @@ use crate::rules::{HostPattern, PathPrefix, Policy, Rule};
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "JACKER_GATE_CONFIG";
+/// Google's issuer, the `auth.issuer_url` of `provider = "google"` unless one is given
+/// (<https://developers.google.com/identity/openid-connect/openid-connect#discovery>).
+pub const GOOGLE_ISSUER_URL: &str = "https://accounts.google.com";
 const ENV_PREFIX: &str = "JACKER_GATE_";
 
 /// The whole validated configuration.
@@ -924,6 +927,10 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
         }
         if provider == Provider::Oidc && c.auth.issuer_url.is_none() {
             cx.err("auth.issuer_url", "required when auth.provider = \"oidc\"");
+        }
+        // The effective value, so that `check-config` prints what the gate will use.
+        if provider == Provider::Google && c.auth.issuer_url.is_none() {
+            c.auth.issuer_url = Some(Url::parse(GOOGLE_ISSUER_URL).expect("a valid URL"));
         }
         if c.auth.allowed_domains.is_empty() && c.auth.allowed_emails.is_empty() {
             cx.err(

@@ -386,3 +386,27 @@ fn domain_lists_and_ports() {
         "session.cookie_domains: not a domain name",
     );
 }
+
+/// `provider = "google"` without `issuer_url` uses Google's issuer, and `check-config` prints it.
+#[test]
+fn google_issuer_is_the_effective_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client_secret");
+    std::fs::write(&secret, "GOCSPX-test").unwrap();
+    let cookie = dir.path().join("cookie_secret");
+    std::fs::write(&cookie, "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtb2Ytc2VjcmV0IQ==").unwrap();
+    let text = format!(
+        "[server]\npublic_url = \"https://auth.example.com\"\n[auth]\nprovider = \"google\"\n\
+         client_id = \"id\"\nclient_secret_file = {secret:?}\nallowed_domains = [\"example.com\"]\n\
+         [session]\ncookie_secret_file = {cookie:?}\n"
+    );
+    let c = parse(&text, &[]).unwrap();
+    let issuer = c.auth.issuer_url.as_ref().expect("an effective issuer");
+    assert_eq!(issuer.as_str().trim_end_matches('/'), GOOGLE_ISSUER_URL);
+    let printed = c.to_toml();
+    assert!(
+        printed.contains("issuer_url = \"https://accounts.google.com/\""),
+        "{printed}"
+    );
+    assert_eq!(parse(&printed, &[]).unwrap(), c);
+}

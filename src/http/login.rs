@@ -21,14 +21,25 @@ use crate::metrics::Metrics;
 use crate::oauth::email::{EmailPolicy, EmailVerdict};
 use crate::oauth::redirect::RedirectPolicy;
 use crate::oauth::{LoginError, Provider};
+use crate::rules::{normalize_host, normalize_path, GatePage, GatePages};
 use crate::session::cookie::{random_id, store_key, Purpose};
 use crate::session::{LoginRecord, SessionState, Sessions};
 
 /// How long a login attempt (state, PKCE verifier, nonce) stays valid.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 
+/// How a sign-out request arrived: at the gate's own `/oauth2/sign_out`, or as a forwarded
+/// request that `/auth` answers (which must not be 2xx: the proxy would forward it instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignOutVia {
+    Direct,
+    ForwardAuth,
+}
+
 pub struct Login {
     pub provider: Arc<Provider>,
+    /// Where the gate's own pages live (`public_url`'s host and path).
+    pub pages: GatePages,
     pub sessions: Arc<Sessions>,
     pub emails: EmailPolicy,
     pub redirects: RedirectPolicy,
@@ -59,6 +70,15 @@ fn escape_html(s: &str) -> String {
         }
     }
     out
+}
+
+/// `/` when no provider is configured.
+pub fn login_off_page() -> Response<Body> {
+    page(
+        StatusCode::OK,
+        "jacker-gate",
+        "<p>Login is off: no identity provider is configured.</p>",
+    )
 }
 
 fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
@@ -162,9 +182,23 @@ impl Login {
 
     /// The return URL for `rd`, or `public_url` when it is missing or not allowed.
     fn return_url(&self, rd: Option<&str>, view: &View<'_>) -> String {
-        let origin = view.host().map(|h| (view.proto, h));
-        rd.and_then(|rd| self.redirects.check(rd, origin))
+        self.checked_rd(rd, view)
             .map_or_else(|| self.public_url.to_string(), |u| u.to_string())
+    }
+
+    /// `rd` when the redirect policy allows it and it is not one of the gate's own login steps:
+    /// returning to `/oauth2/start`, `/oauth2/callback` or `/oauth2/sign_out` would start
+    /// another login, replay a used callback or end the new session, so such an `rd` is
+    /// dropped like a foreign one.
+    fn checked_rd(&self, rd: Option<&str>, view: &View<'_>) -> Option<Url> {
+        let origin = view.host().map(|h| (view.proto, h));
+        let url = self.redirects.check(rd?, origin)?;
+        let host = normalize_host(url.host_str()?)?;
+        let path = normalize_path(url.path().as_bytes()).ok()?;
+        match self.pages.page(&host, &path) {
+            Some(GatePage::Start | GatePage::Callback | GatePage::SignOut) => None,
+            Some(GatePage::Home | GatePage::UserInfo) | None => Some(url),
+        }
     }
 
     pub async fn start(&self, view: &View<'_>, query: &str) -> Response<Body> {
@@ -382,13 +416,14 @@ impl Login {
         resp
     }
 
-    pub async fn sign_out(&self, view: &View<'_>, query: &str) -> Response<Body> {
+    /// Ends the session: 302 to `rd` when allowed; otherwise the signed-out page, or, through
+    /// `/auth` (which cannot show a 2xx page), a 302 to `public_url`.
+    pub async fn sign_out(&self, view: &View<'_>, query: &str, via: SignOutVia) -> Response<Body> {
         let result = self.sessions.revoke(view.cookies(&self.cookie_name)).await;
         let rd = query_param(query, "rd");
-        let target = rd.as_deref().and_then(|rd| {
-            self.redirects
-                .check(rd, view.host().map(|h| (view.proto, h)))
-        });
+        let target = self
+            .checked_rd(rd.as_deref(), view)
+            .or_else(|| (via == SignOutVia::ForwardAuth).then(|| self.public_url.clone()));
         let mut resp = match (&result, target) {
             (Err(_), _) => page(
                 StatusCode::SERVICE_UNAVAILABLE,

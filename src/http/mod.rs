@@ -10,12 +10,13 @@ pub mod login;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as RequestBody;
 
 use crate::client_ip::{client_ip, TrustedProxies};
 use crate::crowdsec::lapi::Bouncer;
@@ -24,7 +25,7 @@ use crate::decision::{
 };
 use crate::metrics::{Endpoint, Metrics};
 use crate::ratelimit::Limiter;
-use crate::rules::Rules;
+use crate::rules::{GatePage, Rules};
 use crate::session::SessionState;
 use login::Login;
 
@@ -130,15 +131,46 @@ impl<'a> View<'a> {
         )
     }
 
+    /// The query of the forwarded request target (without `?` and any fragment); empty when
+    /// there is none.
+    pub fn forwarded_query(&self) -> &'a str {
+        let uri = self
+            .forwarded
+            .uri
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .unwrap_or("");
+        let query = uri.split_once('?').map_or("", |(_, q)| q);
+        query.split_once('#').map_or(query, |(q, _)| q)
+    }
+
     /// The host the browser addressed: the forwarded host from a trusted proxy, else `Host`.
     pub fn host(&self) -> Option<&'a str> {
         self.forwarded.host
     }
 }
 
+/// The most request body the gate reads (and discards) before it answers: Traefik's
+/// `forwardBody: true` sends the client's body to `/auth` (up to the middleware's
+/// `maxBodySize`), and an answer sent before the body is read makes Traefik fail with a broken
+/// pipe (500). A larger body is answered 413 and the connection closed.
+pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long reading a request body may take before the answer is 408.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/auth` answers: a verdict, or one of the gate's own pages answered in place.
+enum Answer {
+    Verdict(Verdict),
+    Page(GatePage, Response<Body>),
+}
+
 impl App {
-    /// Answers one request from `peer` (the TCP peer address).
-    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body> {
+    /// Answers one request from `peer` (the TCP peer address). The request body, if any, is
+    /// read and discarded first (up to [`MAX_BODY_BYTES`]); no endpoint uses it.
+    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body>
+    where
+        B: RequestBody,
+    {
         let size: usize = req
             .headers()
             .iter()
@@ -150,6 +182,11 @@ impl App {
                 "request headers too large\n",
             );
         }
+        let (parts, body) = req.into_parts();
+        if let Err(refused) = drain(body).await {
+            return refused.response();
+        }
+        let req = Request::from_parts(parts, ());
         let path = req.uri().path();
         match (path, &self.login) {
             ("/auth", _) => self.decision(&req, peer, Endpoint::Auth).await,
@@ -190,7 +227,9 @@ impl App {
                     "/oauth2/start" => login.start(&view, query).await,
                     "/oauth2/callback" => login.callback(&view, query).await,
                     "/oauth2/sign_out" if matches!(*req.method(), Method::GET | Method::POST) => {
-                        login.sign_out(&view, query).await
+                        login
+                            .sign_out(&view, query, login::SignOutVia::Direct)
+                            .await
                     }
                     "/oauth2/sign_out" => {
                         plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -198,6 +237,8 @@ impl App {
                     _ => login.userinfo(&view).await,
                 }
             }
+            // SPEC: `/` answers also without a provider, saying that login is off.
+            ("/", None) => login::login_off_page(),
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -240,9 +281,9 @@ impl App {
         }
     }
 
-    async fn decision<B>(
+    async fn decision(
         &self,
-        req: &Request<B>,
+        req: &Request<()>,
         peer: IpAddr,
         endpoint: Endpoint,
     ) -> Response<Body> {
@@ -252,18 +293,39 @@ impl App {
         if !view.peer_trusted {
             self.note_untrusted_forwarding(&view, peer);
         }
-        let response = match self.verdict(&view, peer).await {
-            Ok(verdict) => {
+        let (client, answer) = match self.client(&view, peer) {
+            Ok(client) => (client, self.verdict(&view, client).await),
+            Err(v) => (peer, Answer::Verdict(v)),
+        };
+        match answer {
+            Answer::Verdict(verdict) => {
+                let label = verdict.label();
                 self.metrics
-                    .record(endpoint, verdict.label(), started.elapsed().as_secs_f64());
-                if let Verdict::BadRequest(why) = &verdict {
-                    tracing::debug!(%peer, reason = %why, "bad forward-auth request");
-                }
+                    .record(endpoint, label, started.elapsed().as_secs_f64());
+                // One line per decision, to check `trusted_proxies` and rules from the log:
+                // which address was judged, and why. Never a cookie or token.
+                tracing::debug!(
+                    %client,
+                    %peer,
+                    endpoint = endpoint.as_str(),
+                    verdict = label.as_str(),
+                    reason = %verdict,
+                    "decision"
+                );
                 self.respond(verdict, &view, endpoint)
             }
-            Err(callback) => callback,
-        };
-        response
+            Answer::Page(page, response) => {
+                tracing::debug!(
+                    %client,
+                    %peer,
+                    endpoint = endpoint.as_str(),
+                    page = page.path(),
+                    status = response.status().as_u16(),
+                    "gate page answered through forward auth"
+                );
+                response
+            }
+        }
     }
 
     /// A decision request from an untrusted peer that carries `X-Forwarded-*` is almost always
@@ -295,13 +357,9 @@ impl App {
         }
     }
 
-    /// The verdict for `/auth`; `Err` carries a finished response for the OAuth callback seen
-    /// through ForwardAuth.
-    async fn verdict(&self, view: &View<'_>, peer: IpAddr) -> Result<Verdict, Response<Body>> {
-        let client = match self.client(view, peer) {
-            Ok(ip) => ip,
-            Err(v) => return Ok(v),
-        };
+    /// Steps 2 to 5 for `client`, or the answer of one of the gate's own pages when the
+    /// forwarded request is for one of them.
+    async fn verdict(&self, view: &View<'_>, client: IpAddr) -> Answer {
         let crowdsec = self.crowdsec(client).await;
         // With `key = "user"` the session is needed before the rate limit.
         let mut session = None;
@@ -322,28 +380,48 @@ impl App {
             &view.forwarded,
             user,
         );
-        match (step, &self.login) {
-            (Step::Done(v), _) => Ok(v),
-            (Step::Callback, Some(login)) => {
-                let uri = view
-                    .forwarded
-                    .uri
-                    .and_then(|u| std::str::from_utf8(u).ok())
-                    .unwrap_or("");
-                let query = uri.split_once('?').map_or("", |(_, q)| q);
-                let query = query.split_once('#').map_or(query, |(q, _)| q);
-                Err(login.callback(view, query).await)
-            }
-            (Step::NeedsSession, Some(login)) => {
+        let Some(login) = &self.login else {
+            // Without a provider no rule asks for a login and no gate page is recognised
+            // (the config loader refuses `login` rules then).
+            return Answer::Verdict(match step {
+                Step::Done(v) => v,
+                Step::NeedsSession | Step::Gate(_) => Verdict::Login,
+            });
+        };
+        match step {
+            Step::Done(v) => Answer::Verdict(v),
+            Step::NeedsSession => {
                 let session = match session {
                     Some(s) => s,
                     None => login.session(view).await,
                 };
-                Ok(session_verdict(&session, &login.emails))
+                Answer::Verdict(session_verdict(&session, &login.emails))
             }
-            // Without a provider no rule can ask for a login (the config loader refuses it).
-            (Step::Callback | Step::NeedsSession, None) => Ok(Verdict::Login),
+            Step::Gate(page) => self.gate_page(login, page, view).await,
         }
+    }
+
+    /// A gate page asked about through `/auth`. Pages that only show information (`/`,
+    /// `/oauth2/userinfo`) are let through to the gate's own router; the login and sign-out
+    /// steps are answered here, so that a login starts and finishes through `/auth` alone,
+    /// whether or not the gate has a router of its own. Every answer given here is a redirect
+    /// or an error page, never 2xx: the proxy would forward a 2xx to the upstream instead.
+    async fn gate_page(&self, login: &Login, page: GatePage, view: &View<'_>) -> Answer {
+        let query = view.forwarded_query();
+        let response = match page {
+            GatePage::Home | GatePage::UserInfo => {
+                return Answer::Verdict(Verdict::Allow { user: None })
+            }
+            GatePage::Start => login.start(view, query).await,
+            GatePage::Callback => login.callback(view, query).await,
+            GatePage::SignOut if matches!(view.forwarded.method, Some("GET" | "POST")) => {
+                login
+                    .sign_out(view, query, login::SignOutVia::ForwardAuth)
+                    .await
+            }
+            GatePage::SignOut => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        };
+        Answer::Page(page, response)
     }
 
     /// The one mapping from a verdict to a response.
@@ -401,6 +479,65 @@ impl App {
             Verdict::BadRequest(_) => plain(StatusCode::BAD_REQUEST, "bad request\n"),
         }
     }
+}
+
+/// Why a request body was not read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRefused {
+    /// More than [`MAX_BODY_BYTES`] (413).
+    TooLarge,
+    /// Not finished within [`BODY_READ_TIMEOUT`] (408).
+    TooSlow,
+    /// The body broke off or was malformed (400).
+    Broken,
+}
+
+impl BodyRefused {
+    /// The answer, after which the connection is closed: the rest of the body is unread.
+    fn response(self) -> Response<Body> {
+        match self {
+            BodyRefused::TooLarge => {
+                closing(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+            }
+            BodyRefused::TooSlow => closing(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+            BodyRefused::Broken => closing(StatusCode::BAD_REQUEST, "bad request body\n"),
+        }
+    }
+}
+
+/// Reads and discards a request body: up to [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`].
+async fn drain<B: RequestBody>(body: B) -> Result<(), BodyRefused> {
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    if body.size_hint().lower() > MAX_BODY_BYTES {
+        return Err(BodyRefused::TooLarge);
+    }
+    let mut body = std::pin::pin!(body);
+    let read_all = async {
+        let mut read: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyRefused::Broken)?;
+            if let Some(data) = frame.data_ref() {
+                read += bytes::Buf::remaining(data) as u64;
+                if read > MAX_BODY_BYTES {
+                    return Err(BodyRefused::TooLarge);
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_all)
+        .await
+        .unwrap_or(Err(BodyRefused::TooSlow))
+}
+
+/// A plain answer after which the connection is closed (the rest of the request is unread).
+fn closing(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = plain(status, body);
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The value of a header that must appear exactly once.

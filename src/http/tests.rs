@@ -27,8 +27,11 @@ fn forwarded(uri: &str) -> http::request::Builder {
 }
 
 async fn call(app: &App, req: http::request::Builder, peer: &str) -> Response<Body> {
-    app.handle(req.body(()).unwrap(), peer.parse::<IpAddr>().unwrap())
-        .await
+    app.handle(
+        req.body(Full::new(Bytes::new())).unwrap(),
+        peer.parse::<IpAddr>().unwrap(),
+    )
+    .await
 }
 
 async fn status(app: &App, req: http::request::Builder, peer: &str) -> StatusCode {
@@ -54,7 +57,7 @@ async fn routes() {
         ("/healthz/", StatusCode::NOT_FOUND),
         ("/HEALTHZ", StatusCode::NOT_FOUND),
         ("/auth/", StatusCode::NOT_FOUND),
-        ("/", StatusCode::NOT_FOUND),
+        ("/", StatusCode::OK),
         ("/oauth2/start", StatusCode::NOT_FOUND),
     ] {
         assert_eq!(status(&a, Request::get(path), PROXY).await, want, "{path}");
@@ -172,7 +175,7 @@ async fn missing_repeated_or_garbage_forwarded_headers_are_400() {
             || name == "non-UTF-8 host"
         {
             // Replace the builder's single host with the case's values.
-            let mut r = req.body(()).unwrap();
+            let mut r = req.body(Full::new(Bytes::new())).unwrap();
             let values: Vec<HeaderValue> = r
                 .headers()
                 .get_all("x-forwarded-host")
@@ -300,4 +303,44 @@ fn health_urls_dial_loopback_for_wildcards() {
         health_base_url("10.1.2.3:9".parse().unwrap()),
         "http://10.1.2.3:9"
     );
+}
+
+/// A request body is read before the answer (Traefik's `forwardBody`), up to the bound; past
+/// it the answer is 413 and never 2xx.
+#[tokio::test]
+async fn request_bodies_are_read_then_judged() {
+    let a = app(DENY_ADMIN);
+    let with_body = |uri: &str, len: usize| {
+        forwarded(uri)
+            .method("POST")
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    let peer: IpAddr = PROXY.parse().unwrap();
+    for len in [1, 64 * 1024, 1 << 20] {
+        let ok = a.handle(with_body("/", len), peer).await.status();
+        assert_eq!(ok, StatusCode::OK, "{len} bytes on a public route");
+        let denied = a.handle(with_body("/admin", len), peer).await.status();
+        assert_eq!(
+            denied,
+            StatusCode::FORBIDDEN,
+            "{len} bytes on a denied route"
+        );
+    }
+    let big = a
+        .handle(with_body("/", MAX_BODY_BYTES as usize + 1), peer)
+        .await;
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.headers()["connection"], "close");
+}
+
+/// `/` answers a small page also when login is off (no provider configured).
+#[tokio::test]
+async fn home_page_without_a_provider() {
+    let a = app("");
+    let resp = call(&a, Request::get("/"), OUTSIDER).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("Login is off"), "{body}");
 }

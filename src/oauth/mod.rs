@@ -31,7 +31,7 @@ use crate::config::{Auth, Provider as ProviderKind};
 
 /// Google's two spellings of its issuer.
 const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
-const GOOGLE_ISSUER_URL: &str = "https://accounts.google.com";
+use crate::config::GOOGLE_ISSUER_URL;
 /// How often a token with an unknown `kid` may trigger a JWKS refetch.
 const JWKS_REFRESH_EVERY: Duration = Duration::from_secs(60);
 
