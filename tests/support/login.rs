@@ -86,6 +86,8 @@ pub(crate) struct LoginGate {
     cookie_domains: Vec<String>,
     cache_ttl: Option<String>,
     lifetime: Option<String>,
+    server: String,
+    rate_limit: Option<(u32, u32)>,
     extra: String,
 }
 
@@ -108,6 +110,8 @@ impl LoginGate {
             cookie_domains: Vec::new(),
             cache_ttl: None,
             lifetime: None,
+            server: String::new(),
+            rate_limit: None,
             extra: String::new(),
         }
     }
@@ -163,6 +167,19 @@ impl LoginGate {
         self
     }
 
+    /// Lines added to `[server]` as they are (e.g. `trusted_proxies = [...]`).
+    pub(crate) fn server(mut self, lines: &str) -> LoginGate {
+        self.server.push_str(lines);
+        self.server.push('\n');
+        self
+    }
+
+    /// `rate_limit.per_second` and `burst` (off unless set).
+    pub(crate) fn rate_limit(mut self, per_second: u32, burst: u32) -> LoginGate {
+        self.rate_limit = Some((per_second, burst));
+        self
+    }
+
     /// TOML appended as it is (e.g. `[[rules]]`).
     pub(crate) fn extra(mut self, toml: &str) -> LoginGate {
         self.extra.push_str(toml);
@@ -189,9 +206,9 @@ impl LoginGate {
         format!(
             r#"[server]
 public_url = {public_url:?}
-
+{server}
 [rate_limit]
-per_second = 0
+{rate_limit}
 
 [auth]
 provider = {provider:?}
@@ -209,6 +226,11 @@ cookie_domains = {cookie_domains}
 
 {extra}"#,
             public_url = self.public_url,
+            server = self.server,
+            rate_limit = match self.rate_limit {
+                Some((per_second, burst)) => format!("per_second = {per_second}\nburst = {burst}"),
+                None => "per_second = 0".to_owned(),
+            },
             provider = self.provider,
             issuer = self.issuer,
             client_id = self.client_id,

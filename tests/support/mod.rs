@@ -17,6 +17,7 @@ pub(crate) mod login;
 pub(crate) mod oidc;
 pub(crate) mod proxy;
 pub(crate) mod redis;
+pub(crate) mod traefik;
 pub(crate) mod upstream;
 pub(crate) mod web;
 

@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.x upstream application on a free 127.0.0.1 port: it answers every request with
 //! 200 and a JSON echo of what it received (`{"method", "uri", "headers": {lower-case name:
-//! [values]}}`), so a test behind a proxy sees exactly which identity headers arrived. It keeps
+//! [values]}, "body_bytes"}`), so a test behind a proxy sees exactly which identity headers
+//! arrived. A WebSocket upgrade is accepted (101) and the connection then echoes its bytes. It keeps
 //! every echo for `requests()`, and stops (its thread joined) when dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -151,11 +152,41 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Value>>) {
                 .expect("array")
                 .push(Value::String(value));
         }
+        let wants_websocket = headers
+            .get("upgrade")
+            .and_then(Value::as_array)
+            .is_some_and(|v| {
+                v.iter().any(|u| {
+                    u.as_str()
+                        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+                })
+            });
+        if wants_websocket {
+            // Accept the upgrade and echo every byte back: enough to see that the proxy
+            // tunnels the connection (the test reads its own bytes back).
+            let echo = json!({"method": method, "uri": uri, "headers": headers});
+            seen.lock().expect("upstream log").push(echo);
+            let _ = writer.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            );
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if writer.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let mut body = vec![0u8; content_length.min(1 << 20)];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let echo = json!({"method": method, "uri": uri, "headers": headers});
+        let echo =
+            json!({"method": method, "uri": uri, "headers": headers, "body_bytes": body.len()});
         seen.lock().expect("upstream log").push(echo.clone());
         let payload = echo.to_string();
         let response = format!(

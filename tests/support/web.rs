@@ -109,6 +109,8 @@ pub(crate) fn parse_set_cookie(line: &str, request_url: &Url) -> Option<Cookie> 
 #[derive(Clone, Debug)]
 pub(crate) struct Response {
     pub(crate) url: Url,
+    /// The HTTP version the answer came in.
+    pub(crate) version: reqwest::Version,
     pub(crate) status: u16,
     pub(crate) headers: HeaderMap,
     pub(crate) body: String,
@@ -193,13 +195,32 @@ impl Default for Browser {
 
 impl Browser {
     pub(crate) fn new() -> Browser {
+        Browser::with(|b| b)
+    }
+
+    /// A browser that reaches each of `hosts` (e.g. `app.example.test`) on 127.0.0.1 at the
+    /// URL's port, connecting from `local` (a loopback address such as 127.0.0.66, so that a
+    /// proxy sees a client of its own).
+    pub(crate) fn resolving(hosts: &[&str], local: std::net::IpAddr) -> Browser {
+        Browser::with(|b| resolve_all(b, hosts).local_address(local))
+    }
+
+    /// Like [`Browser::resolving`], speaking HTTP/2 without TLS (prior knowledge, h2c).
+    pub(crate) fn resolving_h2(hosts: &[&str], local: std::net::IpAddr) -> Browser {
+        Browser::with(|b| {
+            resolve_all(b, hosts)
+                .local_address(local)
+                .http2_prior_knowledge()
+        })
+    }
+
+    fn with(configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> Browser {
+        let builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(15));
         Browser {
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("build HTTP client"),
+            client: configure(builder).build().expect("build HTTP client"),
             jar: Mutex::new(Vec::new()),
         }
     }
@@ -207,9 +228,11 @@ impl Browser {
     /// A second browser that starts with a copy of this one's cookies (e.g. to replay them after
     /// this one signed out).
     pub(crate) fn fork(&self) -> Browser {
-        let copy = Browser::new();
-        *copy.jar.lock().expect("jar") = self.jar.lock().expect("jar").clone();
-        copy
+        Browser {
+            // The same client settings (resolved hosts, source address, HTTP version).
+            client: self.client.clone(),
+            jar: Mutex::new(self.jar.lock().expect("jar").clone()),
+        }
     }
 
     /// Every live cookie.
@@ -338,10 +361,12 @@ impl Browser {
             .await
             .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
         let status = response.status().as_u16();
+        let version = response.version();
         let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
         Response {
             url: parsed,
+            version,
             status,
             headers,
             body,
@@ -420,6 +445,14 @@ impl Browser {
         }
         response
     }
+}
+
+fn resolve_all(mut builder: reqwest::ClientBuilder, hosts: &[&str]) -> reqwest::ClientBuilder {
+    for host in hosts {
+        // Port 0: the URL's own port is used.
+        builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
+    builder
 }
 
 fn now() -> i64 {

