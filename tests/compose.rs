@@ -634,6 +634,28 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let public = &mw["jacker-gate-public"]["forwardAuth"];
     assert_eq!(public["address"], fa["address"]);
     assert_eq!(public["trustForwardHeader"].as_bool(), Some(false));
+    // Every forwardAuth middleware lists the identity headers, public ones included: Traefik
+    // removes a client's own copies only of the headers listed (SPEC "Identity headers are the
+    // gate's word alone"; tests/traefik.rs proves it through the real Traefik).
+    let forward_auths: Vec<_> = mw
+        .as_table()
+        .expect("middlewares")
+        .iter()
+        .filter_map(|(name, m)| m.get("forwardAuth").map(|f| (name, f)))
+        .collect();
+    assert!(forward_auths.len() >= 2);
+    for (name, f) in forward_auths {
+        assert_eq!(
+            f["authResponseHeaders"], fa["authResponseHeaders"],
+            "{name} must list the identity headers"
+        );
+        assert!(
+            f.get("maxResponseBodySize")
+                .and_then(|v| v.as_integer())
+                .is_some_and(|n| n > 0),
+            "{name}: maxResponseBodySize"
+        );
+    }
 
     let h = &mw["secure-headers"]["headers"];
     assert!(

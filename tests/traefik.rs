@@ -9,7 +9,8 @@
 //! entrypoint, no router to the gate at all, and the recommended plain router) with no URL ever
 //! repeating; 401 for API clients; sign-out; identity headers in every spelling never reaching
 //! the upstream from a client; `forwardBody` with 64 KiB and 1 MiB; a WebSocket upgrade; HTTP/2
-//! from the client. The deployment's own Traefik files are loaded in `tests/compose_traefik.rs`.
+//! from the client; and the deployment's own Traefik files (`compose/config/traefik`) loaded
+//! as they ship, behind the routers of the compose labels.
 //! Peers: `bash scripts/install-test-deps.sh` and `bash tests/support/install-login-peers.sh`.
 
 mod support;
@@ -242,14 +243,25 @@ fn stack_with(
     configure: impl FnOnce(LoginGate) -> LoginGate,
 ) -> Stack {
     let setup = Traefik::setup();
+    let public_url = format!("http://{AUTH}:{}", setup.web_port());
+    stack_at(setup, &public_url, traefik, configure)
+}
+
+/// Like [`stack_with`], with the gate's public URL (and the provider's redirect URI) under
+/// `public_url`.
+fn stack_at(
+    setup: TraefikSetup,
+    public_url: &str,
+    traefik: impl FnOnce(TraefikSetup, &Gate, &Upstream) -> TraefikSetup,
+    configure: impl FnOnce(LoginGate) -> LoginGate,
+) -> Stack {
     let web = setup.web_port();
-    let public_url = format!("http://{AUTH}:{web}");
     let idp = OidcProvider::setup()
         .redirect_uri(&format!("{public_url}/oauth2/callback"))
         .start();
     let gate = configure(
         LoginGate::new(&idp, reserve_port())
-            .public_url(&public_url)
+            .public_url(public_url)
             .redirect_domains(&[&format!(".example.test:{web}")])
             .cookie_domains(&[".example.test"])
             .server("trusted_proxies = [\"127.0.0.1/32\"]")
@@ -928,4 +940,265 @@ async fn each_decision_is_logged_with_the_client_and_reason() {
         .wait_for_log("127.0.0.51", Duration::from_secs(5))
         .await;
     assert!(line.contains("no login needed"), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The deployment's own Traefik files.
+
+/// The routers the compose files declare in their labels (`traefik.http.routers.NAME.KEY: VALUE`),
+/// each with the compose service it belongs to.
+fn compose_routers() -> Vec<(String, String, HashMap<String, String>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose");
+    let mut routers: Vec<(String, String, HashMap<String, String>)> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("compose dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read compose file");
+        let mut service = String::new();
+        for line in text.lines() {
+            // A service is a two-space-indented key under `services:`.
+            if line.starts_with("  ") && !line.starts_with("   ") && line.trim_end().ends_with(':')
+            {
+                service = line.trim().trim_end_matches(':').to_owned();
+            }
+            let Some(rest) = line.trim().strip_prefix("traefik.http.routers.") else {
+                continue;
+            };
+            let Some((key, value)) = rest.split_once(": ") else {
+                continue;
+            };
+            let Some((name, field)) = key.split_once('.') else {
+                continue;
+            };
+            let value = value
+                .trim()
+                .trim_matches('"')
+                .replace("${DOMAIN}", "example.test");
+            match routers.iter_mut().find(|(n, _, _)| n == name) {
+                Some((_, _, fields)) => {
+                    fields.insert(field.to_owned(), value);
+                }
+                None => routers.push((
+                    name.to_owned(),
+                    service.clone(),
+                    HashMap::from([(field.to_owned(), value)]),
+                )),
+            }
+        }
+    }
+    routers
+}
+
+/// The shipped static configuration with what cannot run here changed: loopback addresses,
+/// no ACME (a test certificate instead), no Docker provider (the labels' routers come in a
+/// file), no tracing exporter, logs in the test directory, and the API readable for the test.
+fn shipped_static(setup: &TraefikSetup, websecure: u16, metrics: u16) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("compose/config/traefik/traefik.toml");
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(path).expect("read traefik.toml")).expect("TOML");
+    let entry_points = config["entryPoints"].as_table_mut().expect("entryPoints");
+    for (name, port) in [
+        ("web", setup.web_port()),
+        ("websecure", websecure),
+        ("metrics", metrics),
+        ("traefik", setup.admin_port()),
+    ] {
+        entry_points[name]
+            .as_table_mut()
+            .expect("entrypoint")
+            .insert(
+                "address".into(),
+                toml::Value::String(format!("127.0.0.1:{port}")),
+            );
+    }
+    entry_points["websecure"]["http"]["tls"]
+        .as_table_mut()
+        .expect("websecure tls")
+        .remove("certResolver");
+    config.remove("certificatesResolvers");
+    config.remove("tracing");
+    let providers = config["providers"].as_table_mut().expect("providers");
+    providers.remove("docker");
+    let file = providers["file"].as_table_mut().expect("file provider");
+    file.insert(
+        "directory".into(),
+        toml::Value::String(setup.dir().join("dynamic").display().to_string()),
+    );
+    file.insert("watch".into(), toml::Value::Boolean(false));
+    config["accessLog"]
+        .as_table_mut()
+        .expect("accessLog")
+        .insert(
+            "filePath".into(),
+            toml::Value::String(setup.dir().join("access.log").display().to_string()),
+        );
+    config["api"]
+        .as_table_mut()
+        .expect("api")
+        .insert("insecure".into(), toml::Value::Boolean(true));
+    config.to_string()
+}
+
+/// The compose Traefik files, loaded by the Traefik version compose pins, with a gate, a
+/// provider and an upstream behind the routers of the compose labels: no error and none of the
+/// warnings the deployment must not cause, every router and middleware enabled, and through
+/// `chain-protected` and `chain-public` no identity header a client sends reaches a backend in
+/// any spelling.
+#[tokio::test]
+async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
+    let edge = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/edge.yml"),
+    )
+    .expect("read edge.yml");
+    let pinned = format!("image: traefik:v{}", support::traefik::TRAEFIK_VERSION);
+    assert!(
+        edge.lines().any(|l| l.trim() == pinned),
+        "compose/edge.yml must pin the Traefik the tests run ({pinned})"
+    );
+
+    let ca = support::crowdsec::pki::TestCa::new("jacker-gate test CA");
+    let websecure = reserve_port();
+    let metrics = reserve_port();
+    let routers = compose_routers();
+    assert!(routers.len() >= 8, "{routers:?}");
+    let setup = Traefik::setup();
+    let stack = stack_at(
+        setup,
+        &format!("https://{AUTH}:{websecure}"),
+        |setup, gate, upstream| {
+            let static_toml = shipped_static(&setup, websecure, metrics);
+            let cert = ca.server_cert(setup.dir(), "example-test", "DNS:*.example.test");
+            let mut setup = setup.static_toml(&static_toml).dynamic_file(
+                "test-tls.toml",
+                &format!(
+                    "[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
+                    cert.cert.display().to_string(),
+                    cert.key.display().to_string()
+                ),
+            );
+            let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("compose/config/traefik/dynamic");
+            for entry in std::fs::read_dir(shipped).expect("dynamic dir") {
+                let path = entry.expect("entry").path();
+                let text = std::fs::read_to_string(&path)
+                    .expect("read dynamic file")
+                    .replace("http://jacker-gate:8080", &gate.url());
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                setup = setup.dynamic_file(&name, &text);
+            }
+            let mut labels = services(gate, upstream);
+            for (name, service, fields) in &compose_routers() {
+                let target = match (fields.get("service"), service.as_str()) {
+                    (Some(s), _) => s.clone(),
+                    (None, "jacker-gate") => "gate".to_owned(),
+                    (None, _) => "upstream".to_owned(),
+                };
+                let middlewares: Vec<String> = fields
+                    .get("middlewares")
+                    .map(|m| m.split(',').map(|s| format!("{:?}", s.trim())).collect())
+                    .unwrap_or_default();
+                labels.push_str(&format!(
+                    "\n[http.routers.{name}]\nrule = {rule:?}\nentryPoints = [{eps:?}]\nservice = {target:?}\nmiddlewares = [{mws}]\ntls = {{}}\n",
+                    rule = fields["rule"],
+                    eps = fields["entrypoints"],
+                    mws = middlewares.join(", "),
+                ));
+            }
+            setup.dynamic_file("compose-labels.toml", &labels)
+        },
+        |g| {
+            g.redirect_domains(&[&format!(".example.test:{websecure}")])
+                .extra("[[rules]]\nhost = \"authentik.example.test\"\npolicy = \"public\"\n")
+        },
+    );
+
+    let pem = std::fs::read(ca.cert()).expect("CA PEM");
+    let browser = Browser::with(|b| {
+        let b = HOSTS
+            .iter()
+            .chain(["home.example.test", "authentik.example.test"].iter())
+            .fold(b, |b, host| {
+                b.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            });
+        b.local_address(client(60))
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+    });
+    let home = format!("https://home.example.test:{websecure}/");
+    let chain = navigate_all(&browser, &stack.idp, &home, ALICE).await;
+    let last = chain.last().expect("chain");
+    assert_eq!(
+        (last.status, last.url.as_str()),
+        (200, home.as_str()),
+        "{}\n{}",
+        trail(&chain),
+        stack.logs()
+    );
+    let forged = forged("boss@example.com");
+    let headers: Vec<(&str, &str)> = forged
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    for (url, want) in [
+        (home.clone(), vec![ALICE.to_owned()]),
+        (
+            format!("https://authentik.example.test:{websecure}/"),
+            vec![],
+        ),
+    ] {
+        let page = browser.get(&url, &headers).await;
+        assert_eq!(page.status, 200, "{url}: {}", page.describe());
+        let echo = page.json();
+        for identity in IDENTITY {
+            assert_eq!(
+                identity_values(&echo, identity),
+                want,
+                "{identity} at {url}: {echo}"
+            );
+        }
+    }
+    // The gate's router exposes its pages and nothing else of it.
+    for (path, want) in [
+        ("/oauth2/userinfo", 200),
+        ("/", 200),
+        ("/metrics", 404),
+        ("/readyz", 404),
+        ("/healthz", 404),
+        ("/auth", 404),
+    ] {
+        let page = browser
+            .get(&format!("https://{AUTH}:{websecure}{path}"), &[])
+            .await;
+        assert_eq!(page.status, want, "{path}: {}", page.describe());
+    }
+    // Plain HTTP is redirected to HTTPS.
+    let plain = browser
+        .get(
+            &format!("http://home.example.test:{}/", stack.traefik.web_port()),
+            &[],
+        )
+        .await;
+    assert!(plain.is_redirect(), "{}", plain.describe());
+    // Loaded without an error, and without the warnings a deployment must not cause.
+    let errors = stack.traefik.error_lines();
+    assert!(errors.is_empty(), "errors:\n{}", errors.join("\n"));
+    for warning in stack.traefik.warning_lines() {
+        for unwanted in ["aliasHeadersStrategy", "maxResponseBodySize", "deprecated"] {
+            assert!(!warning.contains(unwanted), "warning: {warning}");
+        }
+    }
+    for kind in ["routers", "middlewares"] {
+        let list = stack.traefik.api(&format!("http/{kind}"));
+        for item in list.as_array().expect("list") {
+            assert_eq!(item["status"], "enabled", "{kind}: {item}");
+        }
+    }
 }

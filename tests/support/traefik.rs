@@ -81,6 +81,11 @@ impl TraefikSetup {
         self.web_port
     }
 
+    /// The `traefik` entrypoint's port (`/ping`, the API).
+    pub(crate) fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -214,7 +214,10 @@ impl Browser {
         })
     }
 
-    fn with(configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> Browser {
+    /// A browser on a client configured by `configure` (redirects are never followed).
+    pub(crate) fn with(
+        configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Browser {
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
