@@ -1202,3 +1202,89 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
         }
     }
 }
+
+/// The README's recipe behind a CDN: the entrypoint trusts the CDN's `X-Forwarded-*`, the
+/// middleware passes them on (`trustForwardHeader = true`), and a `headers` middleware before it
+/// blanks `X-Forwarded-Uri/-Method/-Host`, so that the client address comes from the CDN while
+/// the route is judged on the request Traefik really serves.
+#[tokio::test]
+async fn behind_a_cdn_the_client_ip_is_kept_and_the_route_cannot_be_spoofed() {
+    let cdn = client(70);
+    let stack = stack_with(
+        |traefik, gate, upstream| {
+            traefik
+                .static_toml(&format!(
+                    "[entryPoints.web.http]\naliasHeadersStrategy = \"delete\"\n\
+                     [entryPoints.web.forwardedHeaders]\ntrustedIPs = [\"{cdn}/32\"]\n"
+                ))
+                .dynamic_file(
+                    "stack.toml",
+                    &format!(
+                        r#"{gate_mw}
+{services}
+[http.middlewares.strip-forwarded-request.headers.customRequestHeaders]
+X-Forwarded-Uri = ""
+X-Forwarded-Method = ""
+X-Forwarded-Host = ""
+
+[http.routers.apps]
+rule = "Host(`app.example.test`) || Host(`public.example.test`)"
+service = "upstream"
+middlewares = ["strip-forwarded-request", "gate"]
+"#,
+                        gate_mw = middleware("gate", gate, "")
+                            .replace("trustForwardHeader = false", "trustForwardHeader = true"),
+                        services = services(gate, upstream),
+                    ),
+                )
+        },
+        |g| {
+            g.server(&format!("trusted_proxies = [\"127.0.0.1/32\", \"{cdn}/32\"]"))
+                .extra("[[rules]]\npath_prefix = \"/admin\"\npolicy = \"deny\"\n[log]\nlevel = \"debug\"\n")
+        },
+    );
+    let through_cdn = Browser::resolving(&HOSTS, cdn);
+    let spoof = [
+        ("X-Forwarded-For", "198.51.100.9"),
+        ("X-Forwarded-Uri", "/public"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Host", "public.example.test"),
+    ];
+    // The client names a public page of the public host; Traefik serves a login page of the
+    // app host: the gate judges the latter (a deny rule there), not what the client claims.
+    let denied = through_cdn
+        .request(
+            reqwest::Method::DELETE,
+            &stack.url(APP, "/admin/x"),
+            &spoof,
+            None,
+        )
+        .await;
+    assert_eq!(
+        denied.status,
+        403,
+        "{}\n{}",
+        denied.describe(),
+        stack.logs()
+    );
+    let line = stack
+        .gate
+        .wait_for_log("a deny rule matched", Duration::from_secs(5))
+        .await;
+    assert!(
+        line.contains("198.51.100.9"),
+        "the CDN's client address is judged: {line}"
+    );
+    let page = through_cdn.get(&stack.url(PUBLIC, "/ok"), &spoof).await;
+    assert_eq!(page.status, 200, "{}", page.describe());
+    // A client that is not the CDN keeps its own address, whatever it sends.
+    let direct = Browser::resolving(&HOSTS, client(71));
+    let page = direct.get(&stack.url(PUBLIC, "/ok2"), &spoof).await;
+    assert_eq!(page.status, 200, "{}", page.describe());
+    let logs = stack.gate.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("decision") && l.contains("127.0.0.71"))
+        .unwrap_or_else(|| panic!("no decision line for the direct client:\n{logs}"));
+    assert!(!line.contains("198.51.100.9"), "{line}");
+}

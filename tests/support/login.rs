@@ -167,10 +167,10 @@ impl LoginGate {
         self
     }
 
-    /// Lines added to `[server]` as they are (e.g. `trusted_proxies = [...]`).
+    /// Lines added to `[server]` as they are (e.g. `trusted_proxies = [...]`), replacing the
+    /// lines given before.
     pub(crate) fn server(mut self, lines: &str) -> LoginGate {
-        self.server.push_str(lines);
-        self.server.push('\n');
+        self.server = format!("{lines}\n");
         self
     }
 
