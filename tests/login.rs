@@ -1498,3 +1498,39 @@ async fn provider_error_response_ends_without_session() {
     );
     assert!(session_value(&browser).is_none());
 }
+
+/// The gate's own login pages asked about through `/auth` (the middleware on the gate's router,
+/// on the entrypoint, or no gate router): the minimal input starts a login at the
+/// provider instead of redirecting to itself, and `/auth-request` gives the same answer as a
+/// 401 for nginx.
+#[tokio::test]
+async fn gate_pages_asked_through_forward_auth_start_the_login_there() {
+    let e = env(Store::Memory, |g| g);
+    let browser = Browser::new();
+    let start = format!(
+        "{}/oauth2/start?rd={}",
+        e.gate.url(),
+        url::form_urlencoded::byte_serialize(e.page("/").as_bytes()).collect::<String>()
+    );
+    for (endpoint, want) in [
+        (e.auth(), 302),
+        (format!("{}/auth-request", e.gate.url()), 401),
+    ] {
+        let answer = browser
+            .forward_auth(&endpoint, "GET", &start, true, &[])
+            .await;
+        assert_eq!(
+            answer.status,
+            want,
+            "{endpoint}: {}{}",
+            answer.describe(),
+            e.context()
+        );
+        let location = answer.location().expect("a Location");
+        assert!(
+            e.idp.is_authorize_url(&location),
+            "{endpoint}: the login starts at the provider, not at {location}"
+        );
+        assert!(answer.set_cookie(&format!("{COOKIE_NAME}_login")).is_some());
+    }
+}

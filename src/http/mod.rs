@@ -314,7 +314,12 @@ impl App {
                 );
                 self.respond(verdict, &view, endpoint)
             }
-            Answer::Page(page, response) => {
+            Answer::Page(page, mut response) => {
+                // nginx turns a 3xx from auth_request into a 500: as for a login verdict, the
+                // redirect becomes a 401 with the same Location (and cookies).
+                if endpoint == Endpoint::AuthRequest && response.status().is_redirection() {
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                }
                 tracing::debug!(
                     %client,
                     %peer,
