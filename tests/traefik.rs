@@ -1288,3 +1288,59 @@ middlewares = ["strip-forwarded-request", "gate"]
         .unwrap_or_else(|| panic!("no decision line for the direct client:\n{logs}"));
     assert!(!line.contains("198.51.100.9"), "{line}");
 }
+
+/// A real headless Chromium through Traefik with the middleware on the whole entrypoint (the
+/// gate's own pages behind its own middleware): it logs in, reaches the app with its identity,
+/// reads its userinfo, signs out, and is asked to log in again; Chromium itself would report a
+/// redirect loop as a navigation error.
+#[tokio::test]
+async fn chromium_logs_in_through_traefik_with_the_middleware_on_the_entrypoint() {
+    use support::browser::{run, Step};
+    let stack = login_stack(Shape::Entrypoint, |g| g);
+    let page = stack.url(APP, "/dashboard?panel=7");
+    let report = run(&[
+        Step::visit(&page),
+        Step::visit(&stack.url(AUTH, "/oauth2/userinfo")),
+        Step::visit(&stack.url(AUTH, "/oauth2/sign_out")),
+        Step::visit(&page),
+    ]);
+    let steps = report["steps"].as_array().expect("steps");
+    for (i, step) in steps.iter().enumerate() {
+        assert!(
+            step["error"].is_null(),
+            "step {i} failed in Chromium: {step}\n{}",
+            stack.logs()
+        );
+        assert_eq!(step["status"], 200, "step {i}: {step}\n{}", stack.logs());
+    }
+    assert_eq!(steps[0]["url"], page, "{}", steps[0]);
+    let echo: serde_json::Value =
+        serde_json::from_str(steps[0]["body"].as_str().unwrap_or_default()).expect("echo");
+    for identity in IDENTITY {
+        assert_eq!(
+            identity_values(&echo, identity),
+            vec![ALICE.to_owned()],
+            "{echo}"
+        );
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(steps[1]["body"].as_str().unwrap_or_default()).expect("userinfo");
+    assert_eq!(info["email"], ALICE, "{info}");
+    // Signed out through /auth: redirected to the gate's page, which says so.
+    assert!(
+        steps[2]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("not signed in")),
+        "{}",
+        steps[2]
+    );
+    // The second visit went through the provider again.
+    let again = steps[3]["chain"].as_array().expect("chain");
+    assert!(
+        again.iter().any(|hop| hop["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/oauth2/callback"))),
+        "{}",
+        steps[3]
+    );
+}
