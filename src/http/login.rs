@@ -28,6 +28,16 @@ use crate::session::{LoginRecord, SessionState, Sessions};
 /// How long a login attempt (state, PKCE verifier, nonce) stays valid.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 
+/// At most this many binding cookies are tried at a callback (a browser has one; a repeated
+/// cookie must not multiply store calls).
+const MAX_BINDINGS: usize = 4;
+
+/// The store key of a login attempt: its `state` and the binding of the browser that started
+/// it (the binding cookie's store key).
+fn login_key(state: &str, binding: &str) -> String {
+    format!("{state}.{binding}")
+}
+
 /// How a sign-out request arrived: at the gate's own `/oauth2/sign_out`, or as a forwarded
 /// request that `/auth` answers (which must not be 2xx: the proxy would forward it instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +247,11 @@ impl Login {
         };
         if self
             .sessions
-            .put_login(&attempt.state, &record, LOGIN_TTL)
+            .put_login(
+                &login_key(&attempt.state, &record.binding),
+                &record,
+                LOGIN_TTL,
+            )
             .await
             .is_err()
         {
@@ -303,35 +317,46 @@ impl Login {
                 "The sign-in link is incomplete.",
             );
         };
-        let record = match self.sessions.take_login(&state).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return self.login_failed(
-                    "invalid_state",
-                    StatusCode::BAD_REQUEST,
-                    "This sign-in attempt is unknown, expired or already used.",
-                )
-            }
-            Err(_) => {
-                return page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in is unavailable",
-                    "<p>The session store cannot be reached right now. Please try again in a minute.</p>",
-                )
-            }
-        };
-        // The attempt must finish in the browser that started it.
-        let bound = view
+        // The attempt must finish in the browser that started it. The record is stored under
+        // the state and that browser's binding, so a callback presented by another browser
+        // finds nothing and cannot use up this browser's attempt.
+        let bindings: Vec<String> = view
             .cookies(&self.binding_cookie_name)
             .filter_map(|v| self.sessions.codec().verify(Purpose::LoginBinding, v))
-            .any(|id| store_key(id) == record.binding);
-        if !bound {
+            .map(store_key)
+            .take(MAX_BINDINGS)
+            .collect();
+        if bindings.is_empty() {
             return self.login_failed(
                 "invalid_state",
                 StatusCode::BAD_REQUEST,
                 "This sign-in attempt was started in another browser.",
             );
         }
+        let mut found = None;
+        for binding in &bindings {
+            match self.sessions.take_login(&login_key(&state, binding)).await {
+                Ok(Some(r)) if r.binding == *binding => {
+                    found = Some(r);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sign-in is unavailable",
+                        "<p>The session store cannot be reached right now. Please try again in a minute.</p>",
+                    )
+                }
+            }
+        }
+        let Some(record) = found else {
+            return self.login_failed(
+                "invalid_state",
+                StatusCode::BAD_REQUEST,
+                "This sign-in attempt is unknown, expired, already used, or was started in another browser.",
+            );
+        };
         if let Some(iss) = query_param(query, "iss") {
             // RFC 9207: the provider names itself; a mix-up attack names another.
             if !self.provider.issuer_matches(&iss) {

@@ -155,8 +155,13 @@ impl<'a> View<'a> {
 /// pipe (500). A larger body is answered 413 and the connection closed.
 pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
-/// How long reading a request body may take before the answer is 408.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most request body the other endpoints read: none needs one (a sign-out form is a few
+/// bytes).
+pub const MAX_PAGE_BODY_BYTES: u64 = 64 * 1024;
+
+/// How long reading a request body may take before the answer is 408: a slow body holds one
+/// of the `max_connections` slots.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `/auth` answers: a verdict, or one of the gate's own pages answered in place.
 enum Answer {
@@ -166,7 +171,8 @@ enum Answer {
 
 impl App {
     /// Answers one request from `peer` (the TCP peer address). The request body, if any, is
-    /// read and discarded first (up to [`MAX_BODY_BYTES`]); no endpoint uses it.
+    /// read and discarded before the answer is sent (up to [`MAX_BODY_BYTES`] on `/auth` and
+    /// `/auth-request`, [`MAX_PAGE_BODY_BYTES`] elsewhere); no endpoint uses it.
     pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body>
     where
         B: RequestBody,
@@ -183,14 +189,28 @@ impl App {
             );
         }
         let (parts, body) = req.into_parts();
-        if let Err(refused) = drain(body).await {
-            return refused.response();
-        }
         let req = Request::from_parts(parts, ());
+        // The answer is decided first (CrowdSec and the rate limit see every request, however
+        // slow its body), then the body is read to its end, and only then sent: a proxy still
+        // writing the body when the answer arrives fails with a broken pipe.
+        let decision = matches!(req.uri().path(), "/auth" | "/auth-request");
+        let response = self.route(&req, peer).await;
+        let limit = if decision {
+            MAX_BODY_BYTES
+        } else {
+            MAX_PAGE_BODY_BYTES
+        };
+        match drain(body, limit).await {
+            Ok(()) => response,
+            Err(refused) => refused.response(),
+        }
+    }
+
+    async fn route(&self, req: &Request<()>, peer: IpAddr) -> Response<Body> {
         let path = req.uri().path();
         match (path, &self.login) {
-            ("/auth", _) => self.decision(&req, peer, Endpoint::Auth).await,
-            ("/auth-request", _) => self.decision(&req, peer, Endpoint::AuthRequest).await,
+            ("/auth", _) => self.decision(req, peer, Endpoint::Auth).await,
+            ("/auth-request", _) => self.decision(req, peer, Endpoint::AuthRequest).await,
             ("/healthz", _) => plain(StatusCode::OK, "ok\n"),
             ("/readyz", _) => self.readiness().await,
             ("/metrics", _) => {
@@ -211,7 +231,7 @@ impl App {
             ) => {
                 let peer = crate::client_ip::canonical(peer);
                 let trusted = self.trusted.contains(peer);
-                let view = View::new(&req, trusted);
+                let view = View::new(req, trusted);
                 // The login endpoints face the internet too: CrowdSec and the rate limit apply.
                 let client = match self.client(&view, peer) {
                     Ok(ip) => ip,
@@ -489,7 +509,7 @@ impl App {
 /// Why a request body was not read to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyRefused {
-    /// More than [`MAX_BODY_BYTES`] (413).
+    /// More than the endpoint reads (413).
     TooLarge,
     /// Not finished within [`BODY_READ_TIMEOUT`] (408).
     TooSlow,
@@ -510,12 +530,12 @@ impl BodyRefused {
     }
 }
 
-/// Reads and discards a request body: up to [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`].
-async fn drain<B: RequestBody>(body: B) -> Result<(), BodyRefused> {
+/// Reads and discards a request body: up to `limit` bytes within [`BODY_READ_TIMEOUT`].
+async fn drain<B: RequestBody>(body: B, limit: u64) -> Result<(), BodyRefused> {
     if body.is_end_stream() {
         return Ok(());
     }
-    if body.size_hint().lower() > MAX_BODY_BYTES {
+    if body.size_hint().lower() > limit {
         return Err(BodyRefused::TooLarge);
     }
     let mut body = std::pin::pin!(body);
@@ -525,7 +545,7 @@ async fn drain<B: RequestBody>(body: B) -> Result<(), BodyRefused> {
             let frame = frame.map_err(|_| BodyRefused::Broken)?;
             if let Some(data) = frame.data_ref() {
                 read += bytes::Buf::remaining(data) as u64;
-                if read > MAX_BODY_BYTES {
+                if read > limit {
                     return Err(BodyRefused::TooLarge);
                 }
             }

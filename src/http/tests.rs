@@ -344,3 +344,43 @@ async fn home_page_without_a_provider() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("Login is off"), "{body}");
 }
+
+/// Endpoints other than the decision read at most a small body.
+#[tokio::test]
+async fn other_endpoints_read_only_a_small_body() {
+    let a = app("");
+    let peer: IpAddr = PROXY.parse().unwrap();
+    let post = |len: usize| {
+        Request::post("/")
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    let small = a.handle(post(1024), peer).await.status();
+    assert_eq!(small, StatusCode::OK);
+    let big = a
+        .handle(post(MAX_PAGE_BODY_BYTES as usize + 1), peer)
+        .await
+        .status();
+    assert_eq!(big, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// A body that never ends is cut off with 408 after the read timeout, and the decision was
+/// still made and counted (the rate limit and CrowdSec see slow clients too).
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_ends_is_408_and_still_counted() {
+    let a = app(DENY_ADMIN);
+    let never = http_body_util::StreamBody::new(futures_util::stream::pending::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >());
+    let req = forwarded("/admin").method("POST").body(never).unwrap();
+    let resp = a.handle(req, PROXY.parse().unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(resp.headers()["connection"], "close");
+    let metrics = a.metrics.encode();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("verdict=\"forbidden\"") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The in-process store: for a single replica. Records expire by their TTL; pending login
-//! attempts are capped so that a flood of `/oauth2/start` cannot grow memory without bound.
+//! attempts are capped so that a flood of `/oauth2/start` cannot grow memory without bound, and
+//! a full cap drops a random batch rather than refusing new logins (which would lock users out).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use futures_util::future::BoxFuture;
 use super::{now_millis, LoginRecord, SessionRecord, SessionStore, StoreError};
 
 const MAX_PENDING_LOGINS: usize = 100_000;
+/// How many pending logins are dropped at once when the cap is reached.
+const EVICTION_BATCH: usize = MAX_PENDING_LOGINS / 100;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -78,9 +81,22 @@ impl SessionStore for MemoryStore {
             if self.logins.len() >= MAX_PENDING_LOGINS {
                 self.sweep();
                 if self.logins.len() >= MAX_PENDING_LOGINS {
-                    return Err(StoreError::Unavailable(
-                        "too many pending logins".to_owned(),
-                    ));
+                    // Still full: a flood of `/oauth2/start`. Refusing new attempts would lock
+                    // every user out for the attempts' lifetime; dropping a batch instead keeps
+                    // logins possible (an attempt lives seconds, a batch is 1% of the cap, and
+                    // keys are random, so the batch is a random sample).
+                    let mut drop = EVICTION_BATCH;
+                    self.logins.retain(|_, _| {
+                        if drop == 0 {
+                            return true;
+                        }
+                        drop -= 1;
+                        false
+                    });
+                    tracing::warn!(
+                        evicted = EVICTION_BATCH,
+                        "pending logins at their cap of {MAX_PENDING_LOGINS}: dropped a random batch"
+                    );
                 }
             }
             self.logins
@@ -108,5 +124,34 @@ impl SessionStore for MemoryStore {
 
     fn watch_revocations(self: Arc<Self>, _evict: super::Evict) {
         // One replica: `Sessions::revoke` already evicted its own cache.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of login attempts past the cap never refuses a new attempt, and memory stays
+    /// bounded.
+    #[tokio::test]
+    async fn a_full_login_cap_drops_a_batch_instead_of_refusing() {
+        let store = MemoryStore::new();
+        let record = LoginRecord {
+            pkce_verifier: "v".into(),
+            nonce: "n".into(),
+            return_url: "https://example.com/".into(),
+            binding: "b".into(),
+        };
+        let ttl = Duration::from_secs(600);
+        for i in 0..MAX_PENDING_LOGINS + 2 * EVICTION_BATCH {
+            store
+                .put_login(&format!("state-{i}"), &record, ttl)
+                .await
+                .expect("a new attempt is always stored");
+        }
+        assert!(store.logins.len() <= MAX_PENDING_LOGINS);
+        // The newest attempt is there to finish.
+        let last = format!("state-{}", MAX_PENDING_LOGINS + 2 * EVICTION_BATCH - 1);
+        assert!(store.take_login(&last).await.unwrap().is_some());
     }
 }
