@@ -73,6 +73,8 @@ pub(crate) fn decisions(n: usize, now: u32) -> (Delta, Vec<IpAddr>) {
             Target::Ip(ip)
         };
         new.push(Op {
+            // LAPI ids: sequential integers.
+            id: new.len() as u64 + 1,
             target,
             kind: Kind::Ban,
             until: now + 3600,

@@ -78,6 +78,8 @@ pub struct Bouncer {
     table: ArcSwap<DecisionTable>,
     /// Unix milliseconds of the last successful LAPI answer; 0 = never.
     last_success_ms: AtomicU64,
+    /// Unix seconds of the last "decisions skipped" log line (at most one a minute).
+    skipped_logged: AtomicU64,
     live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
     client: reqwest::Client,
     live_slots: tokio::sync::Semaphore,
@@ -152,6 +154,7 @@ impl Bouncer {
             live_timeout: config.live_timeout,
             table: ArcSwap::from_pointee(DecisionTable::default()),
             last_success_ms: AtomicU64::new(0),
+            skipped_logged: AtomicU64::new(0),
             live_cache: DashMap::default(),
             client,
             live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
@@ -351,6 +354,37 @@ impl Bouncer {
         }
     }
 
+    /// Counts the decisions the gate cannot enforce and names some of them in the log, at
+    /// most once a minute: a decision is never dropped silently.
+    fn note_skipped(&self, parsed: &super::stream::Parsed, now: u32) {
+        let skipped = (parsed.other_scope + parsed.invalid) as u64;
+        if skipped == 0 {
+            return;
+        }
+        self.metrics.crowdsec_skipped.inc_by(skipped);
+        let now = u64::from(now);
+        let last = self.skipped_logged.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .skipped_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let examples: Vec<String> = parsed
+                .skipped
+                .iter()
+                .map(|s| format!("{}:{} ({})", s.scope, s.value, s.why))
+                .collect();
+            warn!(
+                skipped,
+                other_scope = parsed.other_scope,
+                invalid = parsed.invalid,
+                examples = ?examples,
+                "CrowdSec decisions the gate cannot enforce were skipped"
+            );
+        }
+    }
+
     async fn sync_once(&self, startup: bool, timeout: Duration) -> Result<(), LapiError> {
         let path = if startup {
             "v1/decisions/stream?startup=true"
@@ -362,9 +396,7 @@ impl Bouncer {
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
         // the runtime threads that answer requests.
         let parsed = self.builder.run(move || parse_stream(&body, now)).await??;
-        self.metrics
-            .crowdsec_skipped
-            .inc_by((parsed.other_scope + parsed.invalid) as u64);
+        self.note_skipped(&parsed, now);
         let delta = parsed.delta;
         if startup {
             let table = self

@@ -73,7 +73,7 @@ impl Slots {
 }
 
 /// What a decision applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Ip(IpAddr),
     Range(IpNet),
@@ -82,10 +82,119 @@ pub enum Target {
 /// One decision to add or delete, already parsed and validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Op {
+    /// The LAPI's decision id: a deletion removes the decision with this id on `target`, and
+    /// only it (other decisions on the same address live on until their own deletion or
+    /// expiry, as in the LAPI). See [`synthetic_id`] for decisions that come without one.
+    pub id: u64,
     pub target: Target,
     pub kind: Kind,
     /// Unix seconds; ignored for deletions.
     pub until: u32,
+}
+
+/// The id of a decision that arrived without one (the LAPI always sends ids; a stand-in may
+/// not): derived from its target and type, with the top bit set so that it never equals a LAPI
+/// id (those are positive 63-bit integers). An id-less deletion then removes the id-less
+/// decision of the same target and type.
+pub fn synthetic_id(target: &Target, kind: Kind) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x6a61_636b_6572).build_hasher();
+    target.hash(&mut h);
+    kind.hash(&mut h);
+    h.finish() | 1 << 63
+}
+
+/// One decision as the table keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decision {
+    id: u64,
+    until: u32,
+    kind: Kind,
+}
+
+/// A lone decision whose id fits 32 bits: what nearly every address holds, kept in 12 bytes
+/// (the million-decision memory budget depends on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct One {
+    id: u32,
+    until: u32,
+    kind: Kind,
+}
+
+impl From<One> for Decision {
+    fn from(o: One) -> Self {
+        Decision {
+            id: u64::from(o.id),
+            until: o.until,
+            kind: o.kind,
+        }
+    }
+}
+
+impl Decision {
+    fn as_one(self) -> Option<One> {
+        Some(One {
+            id: u32::try_from(self.id).ok()?,
+            until: self.until,
+            kind: self.kind,
+        })
+    }
+}
+
+/// The strongest of some kinds (`Ban`, then `Other`, then `Captcha`).
+fn strongest(kinds: impl Iterator<Item = Kind>) -> Option<Kind> {
+    kinds.min_by_key(|k| k.index())
+}
+
+/// The slots (latest expiry per kind) of a list of decisions.
+fn slots_of(decisions: &[Decision]) -> Slots {
+    let mut s = Slots::default();
+    for d in decisions {
+        let i = d.kind.index();
+        s.0[i] = s.0[i].max(d.until);
+    }
+    s
+}
+
+/// Adds `d` to a target's decisions (replacing the one with its id); true when it is new.
+fn add_to(list: &mut Vec<Decision>, d: Decision, counts: &mut [u64; 3]) {
+    match list.iter_mut().find(|x| x.id == d.id) {
+        Some(x) => {
+            counts[x.kind.index()] = counts[x.kind.index()].saturating_sub(1);
+            counts[d.kind.index()] += 1;
+            *x = d;
+        }
+        None => {
+            counts[d.kind.index()] += 1;
+            list.push(d);
+        }
+    }
+}
+
+/// Removes the decision with `id` from a target's decisions.
+fn delete_from(list: &mut Vec<Decision>, id: u64, counts: &mut [u64; 3]) {
+    list.retain(|x| {
+        if x.id == id {
+            counts[x.kind.index()] = counts[x.kind.index()].saturating_sub(1);
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Removes the decisions expired at `now`; true when any was.
+fn expire_from(list: &mut Vec<Decision>, now: u32, counts: &mut [u64; 3]) -> bool {
+    let before = list.len();
+    list.retain(|x| {
+        if x.until <= now {
+            counts[x.kind.index()] = counts[x.kind.index()].saturating_sub(1);
+            false
+        } else {
+            true
+        }
+    });
+    list.len() != before
 }
 
 /// One answer of the stream endpoint: deletions are applied before additions, so a decision
@@ -98,7 +207,125 @@ pub struct Delta {
 
 const SHARDS: usize = 256;
 
-type Map<K> = HashMap<K, Slots, foldhash::fast::RandomState>;
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The single addresses of one shard. An address is in `one` (a lone decision with a 32-bit
+/// id) or in `many` (several decisions, or an id past 32 bits), never in both.
+#[derive(Clone)]
+struct Shard<K> {
+    one: Map<K, One>,
+    many: Map<K, Vec<Decision>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
+    fn new(hasher: foldhash::fast::RandomState) -> Self {
+        Shard {
+            one: Map::with_hasher(hasher),
+            many: Map::with_hasher(hasher),
+        }
+    }
+
+    #[inline]
+    fn lookup(&self, k: &K, now: u32) -> Option<Kind> {
+        if let Some(o) = self.one.get(k) {
+            return (o.until > now).then_some(o.kind);
+        }
+        if self.many.is_empty() {
+            return None;
+        }
+        let list = self.many.get(k)?;
+        strongest(list.iter().filter(|d| d.until > now).map(|d| d.kind))
+    }
+
+    fn add(&mut self, k: K, d: Decision, counts: &mut [u64; 3]) {
+        if let Some(list) = self.many.get_mut(&k) {
+            add_to(list, d, counts);
+            return;
+        }
+        match self.one.get_mut(&k) {
+            Some(o) if u64::from(o.id) == d.id => {
+                counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
+                counts[d.kind.index()] += 1;
+                o.until = d.until;
+                o.kind = d.kind;
+            }
+            Some(_) => {
+                let first = Decision::from(self.one.remove(&k).expect("present"));
+                counts[d.kind.index()] += 1;
+                self.many.insert(k, vec![first, d]);
+            }
+            None => {
+                counts[d.kind.index()] += 1;
+                match d.as_one() {
+                    Some(o) => {
+                        self.one.insert(k, o);
+                    }
+                    None => {
+                        self.many.insert(k, vec![d]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delete(&mut self, k: K, id: u64, counts: &mut [u64; 3]) {
+        if let Some(o) = self.one.get(&k) {
+            if u64::from(o.id) == id {
+                counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
+                self.one.remove(&k);
+            }
+            return;
+        }
+        if let Some(list) = self.many.get_mut(&k) {
+            delete_from(list, id, counts);
+            self.settle(k);
+        }
+    }
+
+    /// Moves an address of `many` back to `one` (or out) once a single decision (or none) is
+    /// left.
+    fn settle(&mut self, k: K) {
+        let Some(list) = self.many.get(&k) else {
+            return;
+        };
+        match list.as_slice() {
+            [] => {
+                self.many.remove(&k);
+            }
+            [d] => {
+                if let Some(o) = d.as_one() {
+                    self.many.remove(&k);
+                    self.one.insert(k, o);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn has_expired(&self, now: u32) -> bool {
+        self.one.values().any(|o| o.until <= now)
+            || self.many.values().flatten().any(|d| d.until <= now)
+    }
+
+    fn expire(&mut self, now: u32, counts: &mut [u64; 3]) {
+        self.one.retain(|_, o| {
+            if o.until <= now {
+                counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
+                false
+            } else {
+                true
+            }
+        });
+        let keys: Vec<K> = self
+            .many
+            .iter_mut()
+            .filter_map(|(k, list)| expire_from(list, now, counts).then_some(*k))
+            .collect();
+        for k in keys {
+            self.settle(k);
+        }
+    }
+}
 
 /// Decision counts by kind, for single IPs and for ranges (the decisions gauge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,15 +352,18 @@ impl Counts {
 
 #[derive(Clone)]
 pub struct DecisionTable {
-    v4: Box<[Arc<Map<u32>>]>,
-    v6: Box<[Arc<Map<u128>>]>,
+    v4: Box<[Arc<Shard<u32>>]>,
+    v6: Box<[Arc<Shard<u128>>]>,
     ranges: Arc<Ranges>,
     counts: Counts,
 }
 
 #[derive(Clone, Default)]
 struct Ranges {
-    source: HashMap<IpNet, Slots>,
+    /// Every decision on a range, by range (host bits cleared).
+    source: HashMap<IpNet, Vec<Decision>>,
+    /// The ranges flattened into segments, each with the latest expiry per kind of every
+    /// decision covering it.
     v4: Vec<(u32, Slots)>,
     v6: Vec<(u128, Slots)>,
 }
@@ -142,12 +372,8 @@ impl Default for DecisionTable {
     fn default() -> Self {
         let hasher = foldhash::fast::RandomState::default();
         Self {
-            v4: (0..SHARDS)
-                .map(|_| Arc::new(Map::with_hasher(hasher)))
-                .collect(),
-            v6: (0..SHARDS)
-                .map(|_| Arc::new(Map::with_hasher(hasher)))
-                .collect(),
+            v4: (0..SHARDS).map(|_| Arc::new(Shard::new(hasher))).collect(),
+            v6: (0..SHARDS).map(|_| Arc::new(Shard::new(hasher))).collect(),
             ranges: Arc::default(),
             counts: Counts::default(),
         }
@@ -179,10 +405,10 @@ impl DecisionTable {
             }
         }
         for (shard, n) in t.v4.iter_mut().zip(v4) {
-            Arc::make_mut(shard).reserve(n);
+            Arc::make_mut(shard).one.reserve(n);
         }
         for (shard, n) in t.v6.iter_mut().zip(v6) {
-            Arc::make_mut(shard).reserve(n);
+            Arc::make_mut(shard).one.reserve(n);
         }
         t.apply_in_place(delta);
         t
@@ -194,18 +420,17 @@ impl DecisionTable {
         let single = match ip {
             IpAddr::V4(a) => {
                 let k = u32::from(a);
-                self.v4[shard_v4(k)].get(&k).copied()
+                self.v4[shard_v4(k)].lookup(&k, now)
             }
             IpAddr::V6(a) => {
                 let k = u128::from(a);
-                self.v6[shard_v6(k)].get(&k).copied()
+                self.v6[shard_v6(k)].lookup(&k, now)
             }
         };
-        let range = self.ranges.lookup(ip);
+        let range = self.ranges.lookup(ip).and_then(|s| s.kind(now));
         match (single, range) {
-            (None, None) => None,
-            (Some(s), None) | (None, Some(s)) => s.kind(now),
-            (Some(a), Some(b)) => a.max(b).kind(now),
+            (Some(a), Some(b)) => strongest([a, b].into_iter()),
+            (a, b) => a.or(b),
         }
     }
 
@@ -249,7 +474,11 @@ impl DecisionTable {
             .map(|op| (op, false))
             .chain(delta.new.iter().map(|op| (op, true)))
         {
-            let i = op.kind.index();
+            let d = Decision {
+                id: op.id,
+                until: op.until,
+                kind: op.kind,
+            };
             match op.target {
                 Target::Ip(IpAddr::V4(a)) => {
                     let k = u32::from(a);
@@ -257,8 +486,12 @@ impl DecisionTable {
                     if !in_part(Some(s)) {
                         continue;
                     }
-                    let map = Arc::make_mut(&mut self.v4[s]);
-                    update(map, k, i, add, op.until, &mut self.counts.ip[i]);
+                    let shard = Arc::make_mut(&mut self.v4[s]);
+                    if add {
+                        shard.add(k, d, &mut self.counts.ip);
+                    } else {
+                        shard.delete(k, op.id, &mut self.counts.ip);
+                    }
                 }
                 Target::Ip(IpAddr::V6(a)) => {
                     let k = u128::from(a);
@@ -266,20 +499,25 @@ impl DecisionTable {
                     if !in_part(Some(s)) {
                         continue;
                     }
-                    let map = Arc::make_mut(&mut self.v6[s]);
-                    update(map, k, i, add, op.until, &mut self.counts.ip[i]);
+                    let shard = Arc::make_mut(&mut self.v6[s]);
+                    if add {
+                        shard.add(k, d, &mut self.counts.ip);
+                    } else {
+                        shard.delete(k, op.id, &mut self.counts.ip);
+                    }
                 }
                 Target::Range(_) if !in_part(None) => continue,
                 Target::Range(net) => {
                     let r = ranges.get_or_insert_with(|| (*self.ranges).clone());
-                    update(
-                        &mut r.source,
-                        net,
-                        i,
-                        add,
-                        op.until,
-                        &mut self.counts.range[i],
-                    );
+                    let net = net.trunc();
+                    if add {
+                        add_to(r.source.entry(net).or_default(), d, &mut self.counts.range);
+                    } else if let Some(list) = r.source.get_mut(&net) {
+                        delete_from(list, op.id, &mut self.counts.range);
+                        if list.is_empty() {
+                            r.source.remove(&net);
+                        }
+                    }
                 }
             }
         }
@@ -295,92 +533,27 @@ impl DecisionTable {
         let mut t = self.clone();
         let mut changed = false;
         for shard in t.v4.iter_mut() {
-            changed |= sweep_map(shard, now, &mut t.counts.ip);
+            if shard.has_expired(now) {
+                Arc::make_mut(shard).expire(now, &mut t.counts.ip);
+                changed = true;
+            }
         }
         for shard in t.v6.iter_mut() {
-            changed |= sweep_map(shard, now, &mut t.counts.ip);
+            if shard.has_expired(now) {
+                Arc::make_mut(shard).expire(now, &mut t.counts.ip);
+                changed = true;
+            }
         }
-        let mut ranges = t.ranges.clone();
-        if sweep_map(&mut ranges, now, &mut t.counts.range) {
+        if t.ranges.source.values().flatten().any(|d| d.until <= now) {
+            let r = Arc::make_mut(&mut t.ranges);
+            r.source.retain(|_, list| {
+                !(expire_from(list, now, &mut t.counts.range) && list.is_empty())
+            });
+            r.rebuild();
             changed = true;
-        }
-        // `sweep_map` on the Arc<Ranges> only looked at its source map; rebuild the segments.
-        if !Arc::ptr_eq(&ranges, &t.ranges) {
-            Arc::make_mut(&mut ranges).rebuild();
-            t.ranges = ranges;
         }
         changed.then_some(t)
     }
-}
-
-fn update<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
-    map: &mut HashMap<K, Slots, S>,
-    key: K,
-    i: usize,
-    add: bool,
-    until: u32,
-    count: &mut u64,
-) {
-    if add {
-        let slots = map.entry(key).or_default();
-        if slots.0[i] == 0 {
-            *count += 1;
-        }
-        slots.0[i] = slots.0[i].max(until);
-    } else if let Some(slots) = map.get_mut(&key) {
-        if slots.0[i] != 0 {
-            slots.0[i] = 0;
-            *count = count.saturating_sub(1);
-        }
-        if slots.is_empty() {
-            map.remove(&key);
-        }
-    }
-}
-
-/// Something holding a map of slots that a sweep can clear expired entries from.
-trait Sweepable {
-    fn has_expired(&self, now: u32) -> bool;
-    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]);
-}
-
-impl<K: std::hash::Hash + Eq + Clone, S: std::hash::BuildHasher + Clone> Sweepable
-    for HashMap<K, Slots, S>
-{
-    fn has_expired(&self, now: u32) -> bool {
-        self.values()
-            .any(|s| s.0.iter().any(|&u| u != 0 && u <= now))
-    }
-
-    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]) {
-        self.retain(|_, s| {
-            for (i, u) in s.0.iter_mut().enumerate() {
-                if *u != 0 && *u <= now {
-                    *u = 0;
-                    counts[i] = counts[i].saturating_sub(1);
-                }
-            }
-            !s.is_empty()
-        });
-    }
-}
-
-impl Sweepable for Ranges {
-    fn has_expired(&self, now: u32) -> bool {
-        self.source.has_expired(now)
-    }
-
-    fn clear_expired(&mut self, now: u32, counts: &mut [u64; 3]) {
-        self.source.clear_expired(now, counts);
-    }
-}
-
-fn sweep_map<T: Sweepable + Clone>(arc: &mut Arc<T>, now: u32, counts: &mut [u64; 3]) -> bool {
-    if !arc.has_expired(now) {
-        return false;
-    }
-    Arc::make_mut(arc).clear_expired(now, counts);
-    true
 }
 
 /// An address family as an ordered integer, for flattening nested ranges.
@@ -404,11 +577,12 @@ impl Ranges {
     fn rebuild(&mut self) {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        for (net, slots) in &self.source {
+        for (net, decisions) in &self.source {
+            let slots = slots_of(decisions);
             match net {
-                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()), *slots)),
+                IpNet::V4(n) => v4.push((u32::from(n.network()), u32::from(n.broadcast()), slots)),
                 IpNet::V6(n) => {
-                    v6.push((u128::from(n.network()), u128::from(n.broadcast()), *slots))
+                    v6.push((u128::from(n.network()), u128::from(n.broadcast()), slots))
                 }
             }
         }
@@ -488,6 +662,7 @@ mod tests {
             Err(_) => Target::Range(target.parse().unwrap()),
         };
         Op {
+            id: synthetic_id(&target, kind),
             target,
             kind,
             until: NOW + ttl,
@@ -698,10 +873,15 @@ mod tests {
                 let len = 24 + (next() % 9) as u8;
                 let addr = std::net::Ipv4Addr::from(0x0A00_0000 | (next() as u32 & 0xFF));
                 let net = ipnet::Ipv4Net::new(addr, len).unwrap().trunc();
-                let mut s = Slots::default();
-                s.0[(next() % 3) as usize] = NOW + 1 + (next() % 5) as u32;
-                let e: &mut Slots = ranges.entry(IpNet::V4(net)).or_default();
-                *e = e.max(s);
+                let d = Decision {
+                    id: next(),
+                    kind: Kind::ALL[(next() % 3) as usize],
+                    until: NOW + 1 + (next() % 5) as u32,
+                };
+                ranges
+                    .entry(IpNet::V4(net))
+                    .or_insert_with(Vec::new)
+                    .push(d);
             }
             let r = {
                 let mut r = Ranges {
@@ -716,7 +896,7 @@ mod tests {
                 let want = ranges
                     .iter()
                     .filter(|(n, _)| n.contains(&ip))
-                    .fold(Slots::default(), |acc, (_, s)| acc.max(*s));
+                    .fold(Slots::default(), |acc, (_, s)| acc.max(slots_of(s)));
                 let got = r.lookup(ip).unwrap_or_default();
                 assert_eq!(got, want, "{ip} in {ranges:?}");
             }
