@@ -746,3 +746,112 @@ fn unique_hex() -> String {
     let random = || std::collections::hash_map::RandomState::new().hash_one(nanos);
     format!("{:016x}{:016x}", random(), random())
 }
+
+/// Differential test against the real LAPI (SPEC step 2: the gate mirrors it). Random decision
+/// sets built with `cscli`: several types per address, ranges added with `--range` and imported
+/// under scope `Ip` (as `cscli decisions import` stores them, also with host bits set), deletions
+/// of one decision by id, of every decision on a value, and of one type. After each round, for
+/// every probed address, a stream-mode gate and a live-mode gate answer 403 exactly when the
+/// LAPI's own `GET /v1/decisions?ip=` lists a decision.
+#[tokio::test]
+async fn the_gate_answers_what_the_lapi_answers_for_every_address() {
+    let lapi = Lapi::start();
+    let (stream_gate, key) = start_gate(&lapi, "stream", "");
+    let (live_gate, _) = start_gate(&lapi, "live", "");
+    let client = http_client();
+    let mut seed = 0x5eed_1234_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    // 10.9.0.0/26 and 2001:db8:9::/122, plus their neighbours.
+    let v4 = |i: u64| format!("10.9.0.{i}");
+    let v6 = |i: u64| format!("2001:db8:9::{i:x}");
+    let mut probes: Vec<String> = (0..64).map(v4).chain((0..64).map(v6)).collect();
+    probes.extend(["10.8.255.255", "10.9.0.64", "2001:db8:9::40"].map(str::to_owned));
+    let kinds = ["ban", "captcha", "throttle"];
+
+    for round in 0..4 {
+        for _ in 0..12 {
+            let kind = kinds[next(3) as usize];
+            match next(8) {
+                0..=2 => {
+                    let ip = if next(3) == 0 {
+                        v6(next(64))
+                    } else {
+                        v4(next(64))
+                    };
+                    lapi.add_ip(&ip, kind, "1h");
+                }
+                3 => {
+                    let len = 27 + next(5);
+                    let size = 1u64 << (32 - len);
+                    lapi.add_range(&format!("{}/{len}", v4(next(64) & !(size - 1))), kind, "1h");
+                }
+                4 => {
+                    // What `cscli decisions import` of a range list stores: scope Ip, CIDR value,
+                    // sometimes with host bits set.
+                    let len = 27 + next(5);
+                    let v6_len = 123 + next(5);
+                    let file = lapi.dir().join(format!("import-{round}.csv"));
+                    std::fs::write(
+                        &file,
+                        format!(
+                            "duration,scope,type,value\n1h,ip,{kind},{}/{len}\n1h,ip,{kind},{}/{v6_len}\n",
+                            v4(next(64)),
+                            v6(next(64)),
+                        ),
+                    )
+                    .expect("write import");
+                    lapi.import(&file);
+                }
+                5 => {
+                    // One decision by its id, as the LAPI lists it for an address.
+                    let probe = &probes[next(128) as usize];
+                    let (_, listed) =
+                        lapi_get(&client, &lapi, &key, &format!("/v1/decisions?ip={probe}")).await;
+                    if let Some(list) = listed.as_array().filter(|l| !l.is_empty()) {
+                        let id = list[next(list.len() as u64) as usize]["id"].to_string();
+                        lapi.cscli(&["decisions", "delete", "--id", &id]);
+                    }
+                }
+                6 => lapi.delete_ip(&v4(next(64))),
+                _ => {
+                    let ip = v4(next(64));
+                    lapi.cscli(&["decisions", "delete", "--ip", &ip, "--type", kind]);
+                }
+            }
+        }
+        // Both gates catch up within a few update intervals.
+        tokio::time::sleep(UPDATE_INTERVAL * 3).await;
+        let mut disagreements = Vec::new();
+        for probe in &probes {
+            let (status, listed) =
+                lapi_get(&client, &lapi, &key, &format!("/v1/decisions?ip={probe}")).await;
+            assert_eq!(status, 200, "{listed}");
+            let lapi_bans = listed.as_array().is_some_and(|l| !l.is_empty());
+            let want = if lapi_bans { 403 } else { 200 };
+            for (mode, gate) in [("stream", &stream_gate), ("live", &live_gate)] {
+                let got = auth_status(gate, probe).await;
+                if got != want {
+                    disagreements.push(format!("{mode} {probe}: gate {got}, LAPI {listed}"));
+                }
+            }
+        }
+        assert!(
+            disagreements.is_empty(),
+            "round {round}: the gate disagrees with the LAPI:\n{}\nstream gate logs:\n{}",
+            disagreements.join("\n"),
+            stream_gate.logs()
+        );
+    }
+    // Nothing the LAPI sent was dropped: no decision was skipped.
+    let skipped = metric_sum(
+        &stream_gate.metrics().await,
+        "jacker_gate_crowdsec_skipped_decisions_total",
+        &[],
+    );
+    assert_eq!(skipped.unwrap_or(0.0), 0.0);
+}
