@@ -1344,3 +1344,152 @@ async fn chromium_logs_in_through_traefik_with_the_middleware_on_the_entrypoint(
         steps[3]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// CrowdSec's whole loop: Traefik's access log → the agent → a decision → the gate.
+
+/// The stack's detect → decide → enforce loop with real binaries and the deployment's own files:
+/// Traefik writes its access log with the deployment's settings, a CrowdSec agent reads it
+/// through the deployment's acquisition file with the collections `compose/edge.yml` installs,
+/// a client probing for sensitive files through Traefik is banned, and the gate (stream mode)
+/// then answers 403 to it through Traefik while another client still gets through. The time
+/// from the first probe to the first 403 is printed.
+#[tokio::test]
+async fn a_prober_seen_in_traefiks_access_log_is_banned_through_the_gate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose");
+    let shipped: toml::Table = toml::from_str(
+        &std::fs::read_to_string(root.join("config/traefik/traefik.toml")).expect("traefik.toml"),
+    )
+    .expect("TOML");
+    let setup = Traefik::setup();
+    let access_log = setup.dir().join("access.log");
+    let mut access = shipped["accessLog"].as_table().expect("accessLog").clone();
+    access.insert(
+        "filePath".into(),
+        toml::Value::String(access_log.display().to_string()),
+    );
+    let mut static_extra = toml::Table::new();
+    static_extra.insert("accessLog".into(), toml::Value::Table(access));
+
+    // The acquisition file and the collections of the deployment.
+    let acquis = std::fs::read_to_string(root.join("config/crowdsec/acquis.d/traefik.yaml"))
+        .expect("acquisition file")
+        .replace(
+            "/var/log/traefik/access.log",
+            &access_log.display().to_string(),
+        );
+    let edge = std::fs::read_to_string(root.join("edge.yml")).expect("edge.yml");
+    let collections: Vec<String> = edge
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("COLLECTIONS:"))
+        .expect("COLLECTIONS in edge.yml")
+        .split_whitespace()
+        .map(|c| format!("collections:{c}"))
+        .collect();
+    // Traefik first: crowdsec tails files that exist when it starts.
+    std::fs::write(&access_log, "").expect("create access log");
+
+    let mut agent = support::crowdsec_agent::Agent::setup().acquisition("traefik.yaml", &acquis);
+    for c in &collections {
+        agent = agent.item(c);
+    }
+    // What the crowdsec image always has: the syslog parser's `non-syslog` node (it sets the
+    // program from the acquisition label, which the Traefik parser matches) and date parsing.
+    let agent = agent
+        .item("parsers:crowdsecurity/syslog-logs")
+        .item("parsers:crowdsecurity/dateparse-enrich")
+        .start();
+    let key = agent.bouncer_key("jacker-gate");
+    let gate_setup = Gate::setup();
+    let key_file = gate_setup.write_secret("crowdsec_key", &key);
+    let gate = gate_setup.start(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[crowdsec]\nlapi_url = \"{}\"\n\
+         api_key_file = \"{}\"\nupdate_interval = \"1s\"\n[rate_limit]\nper_second = 0\n",
+        agent.url(),
+        key_file.display()
+    ));
+    let upstream = Upstream::start();
+    let traefik = setup
+        .static_toml(&toml::Table::from(static_extra).to_string())
+        .static_toml(&static_for(Shape::Recommended))
+        .dynamic_file(
+            "stack.toml",
+            &format!(
+                "{}{}[http.routers.apps]\nrule = \"Host(`public.example.test`)\"\n\
+                 service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
+                middleware("gate", &gate, ""),
+                services(&gate, &upstream)
+            ),
+        )
+        .start();
+    eventually(
+        Duration::from_secs(10),
+        "the gate's first sync",
+        async || {
+            let (status, _, body) = gate.get("/readyz", &[]).await;
+            (status == 200).then_some(()).ok_or(body)
+        },
+    )
+    .await;
+    let url = |path: &str| format!("http://{PUBLIC}:{}{path}", traefik.web_port());
+    let prober = Browser::resolving(&HOSTS, client(66));
+    let bystander = Browser::resolving(&HOSTS, client(77));
+    assert_eq!(bystander.navigate(&url("/")).await.status, 200);
+
+    let started = std::time::Instant::now();
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/.htpasswd",
+        "/backup.sql",
+        "/.bash_history",
+        "/.env.local",
+        "/wp-config.php.bak",
+        "/.aws/credentials",
+        "/db.sql",
+        "/.git/HEAD",
+    ] {
+        let page = prober
+            .get(&url(path), &[("User-Agent", "probe-test/1.0")])
+            .await;
+        assert!(
+            matches!(page.status, 200 | 403),
+            "{path}: {}",
+            page.describe()
+        );
+    }
+    let banned_after = eventually(
+        Duration::from_secs(20),
+        "the prober's 403 through Traefik",
+        async || {
+            let page = prober.navigate(&url("/index.html")).await;
+            if page.status == 403 {
+                Ok(started.elapsed())
+            } else {
+                Err(format!(
+                    "{}; alerts: {:?}",
+                    page.describe(),
+                    agent.alert_scenarios("127.0.0.66")
+                ))
+            }
+        },
+    )
+    .await;
+    println!("first probe → first 403 through the gate: {banned_after:?}");
+    assert!(
+        agent
+            .alert_scenarios("127.0.0.66")
+            .iter()
+            .any(|s| s.contains("http-sensitive-files")),
+        "{:?}",
+        agent.alert_scenarios("127.0.0.66")
+    );
+    // The bystander still passes, and the access log held the user agent for the scenarios.
+    assert_eq!(bystander.navigate(&url("/")).await.status, 200);
+    let log = traefik.access_log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("127.0.0.66 ") && l.contains("\"probe-test/1.0\"")),
+        "{log}"
+    );
+}

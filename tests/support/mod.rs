@@ -11,6 +11,7 @@
 
 pub(crate) mod browser;
 pub(crate) mod crowdsec;
+pub(crate) mod crowdsec_agent;
 pub(crate) mod fake_peer;
 pub(crate) mod gate;
 pub(crate) mod login;
