@@ -209,13 +209,22 @@ const SHARDS: usize = 256;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The single addresses of one shard. An address is in `one` (a lone decision with a 32-bit
-/// id) or in `many` (several decisions, or an id past 32 bits), never in both.
+/// The single addresses of one shard. Every address is in `one`: its lone decision (with a
+/// 32-bit id), or [`SEE_MANY`] when its decisions are in `many` (several decisions, or an id past
+/// 32 bits). A miss is therefore one hash lookup, however many addresses are in `many`.
 #[derive(Clone)]
 struct Shard<K> {
     one: Map<K, One>,
     many: Map<K, Vec<Decision>>,
 }
+
+/// The `one` entry of an address whose decisions are in `many`. No decision has `until == 0`
+/// (a deadline is always after the moment it was computed).
+const SEE_MANY: One = One {
+    id: 0,
+    until: 0,
+    kind: Kind::Ban,
+};
 
 impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
     fn new(hasher: foldhash::fast::RandomState) -> Self {
@@ -227,10 +236,11 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
 
     #[inline]
     fn lookup(&self, k: &K, now: u32) -> Option<Kind> {
-        if let Some(o) = self.one.get(k) {
-            return (o.until > now).then_some(o.kind);
+        let o = self.one.get(k)?;
+        if o.until > now {
+            return Some(o.kind);
         }
-        if self.many.is_empty() {
+        if *o != SEE_MANY {
             return None;
         }
         let list = self.many.get(k)?;
@@ -242,43 +252,41 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
             add_to(list, d, counts);
             return;
         }
+        counts[d.kind.index()] += 1;
         match self.one.get_mut(&k) {
             Some(o) if u64::from(o.id) == d.id => {
                 counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
-                counts[d.kind.index()] += 1;
                 o.until = d.until;
                 o.kind = d.kind;
             }
-            Some(_) => {
-                let first = Decision::from(self.one.remove(&k).expect("present"));
-                counts[d.kind.index()] += 1;
+            Some(o) => {
+                let first = Decision::from(*o);
+                *o = SEE_MANY;
                 self.many.insert(k, vec![first, d]);
             }
-            None => {
-                counts[d.kind.index()] += 1;
-                match d.as_one() {
-                    Some(o) => {
-                        self.one.insert(k, o);
-                    }
-                    None => {
-                        self.many.insert(k, vec![d]);
-                    }
+            None => match d.as_one() {
+                Some(o) => {
+                    self.one.insert(k, o);
                 }
-            }
+                None => {
+                    self.one.insert(k, SEE_MANY);
+                    self.many.insert(k, vec![d]);
+                }
+            },
         }
     }
 
     fn delete(&mut self, k: K, id: u64, counts: &mut [u64; 3]) {
+        if let Some(list) = self.many.get_mut(&k) {
+            delete_from(list, id, counts);
+            self.settle(k);
+            return;
+        }
         if let Some(o) = self.one.get(&k) {
             if u64::from(o.id) == id {
                 counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
                 self.one.remove(&k);
             }
-            return;
-        }
-        if let Some(list) = self.many.get_mut(&k) {
-            delete_from(list, id, counts);
-            self.settle(k);
         }
     }
 
@@ -291,6 +299,7 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
         match list.as_slice() {
             [] => {
                 self.many.remove(&k);
+                self.one.remove(&k);
             }
             [d] => {
                 if let Some(o) = d.as_one() {
@@ -303,13 +312,13 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
     }
 
     fn has_expired(&self, now: u32) -> bool {
-        self.one.values().any(|o| o.until <= now)
+        self.one.values().any(|o| o.until <= now && *o != SEE_MANY)
             || self.many.values().flatten().any(|d| d.until <= now)
     }
 
     fn expire(&mut self, now: u32, counts: &mut [u64; 3]) {
         self.one.retain(|_, o| {
-            if o.until <= now {
+            if o.until <= now && *o != SEE_MANY {
                 counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
                 false
             } else {
