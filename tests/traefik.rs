@@ -1493,3 +1493,109 @@ async fn a_prober_seen_in_traefiks_access_log_is_banned_through_the_gate() {
         "{log}"
     );
 }
+
+/// The gate's own log feeds CrowdSec: an address whose logins keep failing (forged callbacks
+/// here) is banned by the deployment's `jacker/jacker-gate-login-bf` scenario, through the
+/// deployment's parser of the gate's JSON log, and the gate then answers it 403 through Traefik;
+/// another address still gets through. The log lines hold the client address and never the
+/// forged state or code.
+#[tokio::test]
+async fn repeated_failed_logins_end_in_a_ban_through_the_gate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/config/crowdsec");
+    let logs = tempfile::tempdir().expect("log dir");
+    let gate_log = logs.path().join("jacker-gate.log");
+    std::fs::write(&gate_log, "").expect("create the gate's log");
+    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).expect(rel);
+    let agent = support::crowdsec_agent::Agent::setup()
+        // The deployment reads the container's log through Docker; here the same lines come
+        // from a file.
+        .acquisition(
+            "jacker-gate.yaml",
+            &format!(
+                "filenames:\n  - {}\nlabels:\n  type: jacker-gate\n",
+                gate_log.display()
+            ),
+        )
+        .item("parsers:crowdsecurity/syslog-logs")
+        .item("parsers:crowdsecurity/dateparse-enrich")
+        .local_file(
+            "parsers/s01-parse/jacker-gate-logs.yaml",
+            &read("parsers/s01-parse/jacker-gate-logs.yaml"),
+        )
+        .local_file(
+            "scenarios/jacker-gate-login-bf.yaml",
+            &read("scenarios/jacker-gate-login-bf.yaml"),
+        )
+        .start();
+    let key_file = logs.path().join("bouncer_key");
+    std::fs::write(&key_file, agent.bouncer_key("jacker-gate")).expect("key file");
+    let stack = login_stack(Shape::Recommended, |g| {
+        g.log_to(&gate_log).extra(&format!(
+            "[crowdsec]\nlapi_url = \"{}\"\napi_key_file = \"{}\"\nupdate_interval = \"1s\"\n",
+            agent.url(),
+            key_file.display()
+        ))
+    });
+    let attacker = Browser::resolving(&HOSTS, client(88));
+    let bystander = Browser::resolving(&HOSTS, client(89));
+    let forged = |i: u32| {
+        stack.url(
+            AUTH,
+            &format!("/oauth2/callback?code=forged-code-{i}&state=forged-state-{i}"),
+        )
+    };
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(attacker.navigate(&forged(i)).await.status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 403),
+        "{statuses:?}"
+    );
+    let banned_after = eventually(
+        Duration::from_secs(20),
+        "the attacker's 403 through Traefik",
+        async || {
+            let page = attacker.get(&stack.url(PUBLIC, "/"), &[]).await;
+            if page.status == 403 {
+                Ok(started.elapsed())
+            } else {
+                Err(format!(
+                    "{}; alerts: {:?}\nagent log tail: {}",
+                    page.describe(),
+                    agent.alert_scenarios("127.0.0.88"),
+                    agent
+                        .log()
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ))
+            }
+        },
+    )
+    .await;
+    println!("first failed login → ban enforced through the gate: {banned_after:?}");
+    assert!(
+        agent
+            .alert_scenarios("127.0.0.88")
+            .iter()
+            .any(|s| s == "jacker/jacker-gate-login-bf"),
+        "{:?}",
+        agent.alert_scenarios("127.0.0.88")
+    );
+    // The gate's own pages refuse it too; the bystander passes.
+    assert_eq!(attacker.navigate(&stack.url(AUTH, "/")).await.status, 403);
+    assert_eq!(
+        bystander.get(&stack.url(PUBLIC, "/"), &[]).await.status,
+        200
+    );
+    let written = std::fs::read_to_string(&gate_log).expect("gate log");
+    assert!(written.contains("\"client\":\"127.0.0.88\""), "{written}");
+    assert!(
+        !written.contains("forged-state") && !written.contains("forged-code"),
+        "{written}"
+    );
+}

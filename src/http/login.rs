@@ -281,13 +281,18 @@ impl Login {
         resp
     }
 
+    /// The failed-login page. Logged with the client address and the result (never the code,
+    /// state or a cookie): CrowdSec's `jacker/jacker-gate-login-bf` scenario reads these lines
+    /// and bans an address that keeps failing.
     fn login_failed(
         &self,
+        view: &View<'_>,
         result: &'static str,
         status: StatusCode,
         message: &str,
     ) -> Response<Body> {
         self.count(result);
+        info!(client = %view.client, result, "login failed");
         let again = self.endpoint("/oauth2/start");
         page(
             status,
@@ -304,6 +309,7 @@ impl Login {
         if let Some(error) = query_param(query, "error") {
             info!(error = %error, "the identity provider returned an error");
             return self.login_failed(
+                view,
                 "provider_error",
                 StatusCode::UNAUTHORIZED,
                 "The identity provider did not sign you in.",
@@ -312,6 +318,7 @@ impl Login {
         let (Some(state), Some(code)) = (query_param(query, "state"), query_param(query, "code"))
         else {
             return self.login_failed(
+                view,
                 "invalid_state",
                 StatusCode::BAD_REQUEST,
                 "The sign-in link is incomplete.",
@@ -328,6 +335,7 @@ impl Login {
             .collect();
         if bindings.is_empty() {
             return self.login_failed(
+                view,
                 "invalid_state",
                 StatusCode::BAD_REQUEST,
                 "This sign-in attempt was started in another browser.",
@@ -352,6 +360,7 @@ impl Login {
         }
         let Some(record) = found else {
             return self.login_failed(
+                view,
                 "invalid_state",
                 StatusCode::BAD_REQUEST,
                 "This sign-in attempt is unknown, expired, already used, or was started in another browser.",
@@ -361,6 +370,7 @@ impl Login {
             // RFC 9207: the provider names itself; a mix-up attack names another.
             if !self.provider.issuer_matches(&iss) {
                 return self.login_failed(
+                    view,
                     "invalid_state",
                     StatusCode::BAD_REQUEST,
                     "The sign-in answer came from an unexpected provider.",
@@ -385,6 +395,7 @@ impl Login {
             Err(e) => {
                 warn!(error = %e, "login rejected");
                 return self.login_failed(
+                    view,
                     "provider_error",
                     StatusCode::UNAUTHORIZED,
                     "The identity provider's answer could not be verified.",
@@ -398,16 +409,16 @@ impl Login {
         ) {
             EmailVerdict::Allowed => {}
             EmailVerdict::Unverified => {
-                info!("login denied: email not verified");
                 return self.login_failed(
+                    view,
                     "unverified",
                     StatusCode::FORBIDDEN,
                     "This account's email address is not verified.",
                 );
             }
             EmailVerdict::Denied => {
-                info!("login denied: account not allowed");
                 return self.login_failed(
+                    view,
                     "denied_email",
                     StatusCode::FORBIDDEN,
                     "This account is not allowed here.",

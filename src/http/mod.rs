@@ -62,6 +62,9 @@ pub struct View<'a> {
     pub forwarded: Forwarded<'a>,
     /// `http` or `https`: the forwarded scheme from a trusted proxy, else `http`.
     pub proto: &'a str,
+    /// The client address step 1 settled on (the TCP peer until then), for log lines that a
+    /// CrowdSec scenario reads (failed logins).
+    pub client: IpAddr,
 }
 
 impl<'a> View<'a> {
@@ -101,6 +104,7 @@ impl<'a> View<'a> {
             headers,
             forwarded,
             proto,
+            client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -231,12 +235,14 @@ impl App {
             ) => {
                 let peer = crate::client_ip::canonical(peer);
                 let trusted = self.trusted.contains(peer);
-                let view = View::new(req, trusted);
+                let mut view = View::new(req, trusted);
+                view.client = peer;
                 // The login endpoints face the internet too: CrowdSec and the rate limit apply.
                 let client = match self.client(&view, peer) {
                     Ok(ip) => ip,
                     Err(v) => return self.respond(v, &view, Endpoint::Auth),
                 };
+                view.client = client;
                 let crowdsec = self.crowdsec(client).await;
                 if let Some(v) = crate::decision::admit(client, crowdsec, &self.limiter, None) {
                     return self.respond(v, &view, Endpoint::Auth);
@@ -309,12 +315,16 @@ impl App {
     ) -> Response<Body> {
         let started = Instant::now();
         let peer = crate::client_ip::canonical(peer);
-        let view = View::new(req, self.trusted.contains(peer));
+        let mut view = View::new(req, self.trusted.contains(peer));
+        view.client = peer;
         if !view.peer_trusted {
             self.note_untrusted_forwarding(&view, peer);
         }
         let (client, answer) = match self.client(&view, peer) {
-            Ok(client) => (client, self.verdict(&view, client).await),
+            Ok(client) => {
+                view.client = client;
+                (client, self.verdict(&view, client).await)
+            }
             Err(v) => (peer, Answer::Verdict(v)),
         };
         match answer {

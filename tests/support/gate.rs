@@ -23,6 +23,7 @@ pub(crate) struct GateSetup {
     dir: TempDir,
     env: BTreeMap<String, String>,
     port: Option<u16>,
+    log_file: Option<PathBuf>,
 }
 
 impl GateSetup {
@@ -50,6 +51,13 @@ impl GateSetup {
         self
     }
 
+    /// Also appends every line the gate logs to `path` (as a log shipper would, for a CrowdSec
+    /// agent to tail).
+    pub(crate) fn log_to(mut self, path: &Path) -> GateSetup {
+        self.log_file = Some(path.to_owned());
+        self
+    }
+
     /// Writes `toml` (with `server.listen` set to a free port) and starts the gate, waiting until
     /// `/healthz` answers 200. Panics, with the gate's logs, if it exits or never gets healthy.
     pub(crate) fn start(self, toml: &str) -> Gate {
@@ -69,6 +77,15 @@ impl GateSetup {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("build HTTP client");
+        let log_file = self.log_file.map(|path| {
+            Arc::new(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .expect("open the gate's log file"),
+            ))
+        });
         let mut gate = Gate {
             dir: self.dir,
             env: self.env,
@@ -76,6 +93,7 @@ impl GateSetup {
             config_path,
             child: None,
             logs: Arc::new(Mutex::new(String::new())),
+            log_file,
             client,
         };
         gate.spawn();
@@ -90,6 +108,7 @@ pub(crate) struct Gate {
     config_path: PathBuf,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
+    log_file: Option<Arc<Mutex<std::fs::File>>>,
     client: reqwest::Client,
 }
 
@@ -103,6 +122,7 @@ impl Gate {
                 .expect("create gate temp dir"),
             env: BTreeMap::new(),
             port: None,
+            log_file: None,
         }
     }
 
@@ -320,8 +340,16 @@ impl Gate {
         }
         command.envs(&self.env);
         let mut child = command.spawn().expect("spawn jacker-gate");
-        capture(child.stdout.take().expect("piped stdout"), &self.logs);
-        capture(child.stderr.take().expect("piped stderr"), &self.logs);
+        capture(
+            child.stdout.take().expect("piped stdout"),
+            &self.logs,
+            self.log_file.clone(),
+        );
+        capture(
+            child.stderr.take().expect("piped stderr"),
+            &self.logs,
+            self.log_file.clone(),
+        );
         self.child = Some(child);
     }
 
@@ -388,7 +416,11 @@ fn write_secret_in(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 /// Appends every line the gate writes on `pipe` to `logs`, on a thread that ends with the pipe.
-fn capture(pipe: impl Read + Send + 'static, logs: &Arc<Mutex<String>>) {
+fn capture(
+    pipe: impl Read + Send + 'static,
+    logs: &Arc<Mutex<String>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+) {
     let logs = Arc::clone(logs);
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
@@ -398,6 +430,9 @@ fn capture(pipe: impl Read + Send + 'static, logs: &Arc<Mutex<String>>) {
             let mut logs = logs.lock().expect("log buffer");
             logs.push_str(text.trim_end_matches('\n'));
             logs.push('\n');
+            if let Some(file) = &file {
+                let _ = file.lock().expect("log file").write_all(&line);
+            }
             line.clear();
         }
     });

@@ -88,6 +88,7 @@ pub(crate) struct LoginGate {
     lifetime: Option<String>,
     server: String,
     rate_limit: Option<(u32, u32)>,
+    log_to: Option<PathBuf>,
     extra: String,
 }
 
@@ -112,6 +113,7 @@ impl LoginGate {
             lifetime: None,
             server: String::new(),
             rate_limit: None,
+            log_to: None,
             extra: String::new(),
         }
     }
@@ -177,6 +179,12 @@ impl LoginGate {
     /// `rate_limit.per_second` and `burst` (off unless set).
     pub(crate) fn rate_limit(mut self, per_second: u32, burst: u32) -> LoginGate {
         self.rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// Also appends the gate's log lines to `path` (see `GateSetup::log_to`).
+    pub(crate) fn log_to(mut self, path: &Path) -> LoginGate {
+        self.log_to = Some(path.to_owned());
         self
     }
 
@@ -246,7 +254,10 @@ cookie_domains = {cookie_domains}
 
     /// Writes the secrets and the config and starts the gate on its port; waits for `/healthz`.
     pub(crate) fn start(self) -> Gate {
-        let setup = Gate::setup().port(self.port);
+        let mut setup = Gate::setup().port(self.port);
+        if let Some(path) = &self.log_to {
+            setup = setup.log_to(path);
+        }
         setup.write_secret("client_secret", &self.client_secret);
         setup.write_secret("cookie_secret", COOKIE_SECRET);
         let toml = self.toml(setup.dir());
