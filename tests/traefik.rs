@@ -1544,6 +1544,15 @@ async fn repeated_failed_logins_end_in_a_ban_through_the_gate() {
             &format!("/oauth2/callback?code=forged-code-{i}&state=forged-state-{i}"),
         )
     };
+    // A visitor whose browser a foreign page made fetch forged callbacks (no login cookie of
+    // the gate) is not banned for it.
+    let visitor = Browser::resolving(&HOSTS, client(87));
+    for i in 0..8 {
+        assert_eq!(visitor.navigate(&forged(100 + i)).await.status, 400);
+    }
+    // The attacker starts a login (and so holds the gate's login cookie), then forges callbacks.
+    let start = attacker.navigate(&stack.url(AUTH, "/oauth2/start")).await;
+    assert_eq!(start.status, 302, "{}", start.describe());
     let started = std::time::Instant::now();
     let mut statuses = Vec::new();
     for i in 0..8 {
@@ -1586,8 +1595,10 @@ async fn repeated_failed_logins_end_in_a_ban_through_the_gate() {
         "{:?}",
         agent.alert_scenarios("127.0.0.88")
     );
-    // The gate's own pages refuse it too; the bystander passes.
+    // The gate's own pages refuse it too; the bystander and the visitor pass.
     assert_eq!(attacker.navigate(&stack.url(AUTH, "/")).await.status, 403);
+    assert_eq!(visitor.get(&stack.url(PUBLIC, "/"), &[]).await.status, 200);
+    assert!(agent.alert_scenarios("127.0.0.87").is_empty());
     assert_eq!(
         bystander.get(&stack.url(PUBLIC, "/"), &[]).await.status,
         200
