@@ -460,8 +460,9 @@ async fn login_through_forward_auth_alone_without_a_gate_router() {
 }
 
 /// Property: whatever URL a browser starts from (the gate's pages in every spelling, with every
-/// kind of `rd`, signed in or not), following the redirects never visits a URL twice and ends
-/// within a few hops, in every deployment shape.
+/// kind of `rd`, signed in or not), following the redirects no URL answers the same redirect
+/// twice, the walk ends within a few hops on an answer that is not a redirect (or at the
+/// provider's second login), and never on a 5xx, in every deployment shape.
 #[tokio::test]
 async fn no_start_url_leads_into_a_redirect_loop() {
     for shape in SHAPES {
