@@ -847,6 +847,41 @@ async fn the_gate_answers_what_the_lapi_answers_for_every_address() {
             stream_gate.logs()
         );
     }
+    // A group of one address and type: the longest decision deleted while a short one lives
+    // on. The LAPI never reports that deletion, only the group's end when the short one
+    // expires; the gate must then drop the deleted one too.
+    let ip = "10.9.1.1";
+    lapi.add_ip(ip, "ban", "6s");
+    lapi.add_ip(ip, "ban", "1h");
+    let (_, listed) = lapi_get(&client, &lapi, &key, &format!("/v1/decisions?ip={ip}")).await;
+    let longest = listed
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|d| d["duration"].as_str().is_some_and(|d| d.contains('m')))
+        })
+        .unwrap_or_else(|| panic!("the 1h decision: {listed}"))["id"]
+        .to_string();
+    tokio::time::sleep(UPDATE_INTERVAL * 2).await;
+    lapi.cscli(&["decisions", "delete", "--id", &longest]);
+    for (mode, gate) in [("stream", &stream_gate), ("live", &live_gate)] {
+        assert_eq!(
+            auth_status(gate, ip).await,
+            403,
+            "{mode}: the 6s decision still holds"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, listed) = lapi_get(&client, &lapi, &key, &format!("/v1/decisions?ip={ip}")).await;
+    assert!(listed.as_array().is_none_or(|l| l.is_empty()), "{listed}");
+    for (mode, gate) in [("stream", &stream_gate), ("live", &live_gate)] {
+        assert_eq!(
+            auth_status(gate, ip).await,
+            200,
+            "{mode}: the LAPI holds nothing on {ip}"
+        );
+    }
+
     // Nothing the LAPI sent was dropped: no decision was skipped.
     let skipped = metric_sum(
         &stream_gate.metrics().await,

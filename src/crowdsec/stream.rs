@@ -286,6 +286,16 @@ fn rank(k: Kind) -> u8 {
     }
 }
 
+/// The first address of an IPv4-mapped IPv6 range (`::ffff:a.b.c.d/N`, `N` from 96 to 128),
+/// which is all the LAPI matches of it (see [`convert`]).
+fn mapped_v4_range_start(value: &str) -> Option<std::net::Ipv4Addr> {
+    let net: ipnet::Ipv6Net = value.parse().ok()?;
+    if net.prefix_len() < 96 {
+        return None;
+    }
+    net.trunc().network().to_ipv4_mapped()
+}
+
 /// One decision into an op, or counted (and kept as an example) when the gate cannot use it.
 ///
 /// The target follows the LAPI's own matching (`GET /v1/decisions?ip=`): a value in CIDR form
@@ -301,7 +311,11 @@ fn convert(d: &RawDecision<'_>, now: u32, adding: bool, parsed: &mut Parsed) -> 
         return None;
     }
     let value = value.trim();
-    let target = if value.contains('/') {
+    let target = if let Some(ip) = mapped_v4_range_start(value) {
+        // CrowdSec 1.4.6 computes the last address of an IPv4-mapped IPv6 range with a 16-byte
+        // mask over the 4-byte address, so `?ip=` matches only the range's first address.
+        Target::Ip(IpAddr::V4(ip))
+    } else if value.contains('/') {
         match parse_net(value) {
             Some(net) => Target::Range(net.trunc()),
             None => {
@@ -435,8 +449,8 @@ mod tests {
     }
 
     /// The LAPI's own matching decides what a value means, not its scope: a CIDR under scope
-    /// `Ip` (what `cscli decisions import` stores) is a range, host bits are cleared, mapped
-    /// IPv6 ranges are IPv4 ranges, and ids are kept.
+    /// `Ip` (what `cscli decisions import` stores) is a range, host bits are cleared, a mapped
+    /// IPv6 range is its first IPv4 address (as CrowdSec 1.4.6 matches it), and ids are kept.
     #[test]
     fn values_are_read_as_the_lapi_matches_them() {
         let body = r#"{"new":[
@@ -458,7 +472,8 @@ mod tests {
             [
                 (1, net("198.51.100.0/30")),
                 (2, net("203.0.113.0/24")),
-                (3, net("192.0.2.0/24")),
+                // The LAPI matches only the first address of a mapped IPv6 range.
+                (3, ip("192.0.2.0")),
                 (4, ip("2001:db8::1")),
             ]
         );
@@ -536,6 +551,13 @@ mod mirror {
         last: u128,
     }
 
+    impl Template {
+        /// Whether the table keeps it as a range (a mapped IPv6 range is its first address).
+        fn is_range(&self) -> bool {
+            self.value.contains('/') && !self.value.starts_with("::ffff:")
+        }
+    }
+
     fn v4(a: u32) -> u128 {
         u128::from(Ipv4Addr::from(a).to_ipv6_mapped())
     }
@@ -572,6 +594,7 @@ mod mirror {
                 )
             }
             4 => {
+                // An IPv4-mapped IPv6 range: the LAPI matches its first address only.
                 let len = 26 + rng.below(7) as u32;
                 let size = 1u32 << (32 - len);
                 let net = (base + host) & !(size - 1);
@@ -579,7 +602,7 @@ mod mirror {
                     "Range",
                     format!("::ffff:{}/{}", Ipv4Addr::from(net), 96 + len),
                     v4(net),
-                    v4(net + size - 1),
+                    v4(net),
                 )
             }
             5 => {
@@ -640,22 +663,27 @@ mod mirror {
         fn same(a: &Template, b: &Template) -> bool {
             match (a.id, b.id) {
                 (Some(x), Some(y)) => x == y,
-                (None, None) => {
-                    a.first == b.first
-                        && a.last == b.last
-                        && kind_of(a.kind) == kind_of(b.kind)
-                        && a.value.contains('/') == b.value.contains('/')
-                }
+                (None, None) => Self::same_group(a, b),
                 _ => false,
             }
         }
 
+        /// The LAPI reports a deletion only once the last decision of its (value, type) group
+        /// has ended: the whole group goes.
         fn delete(&mut self, all: &[Template], t: usize) {
-            self.live.retain(|(i, _)| !Self::same(&all[*i], &all[t]));
+            self.live
+                .retain(|(i, _)| !Self::same_group(&all[*i], &all[t]));
+        }
+
+        fn same_group(a: &Template, b: &Template) -> bool {
+            a.first == b.first
+                && a.last == b.last
+                && kind_of(a.kind) == kind_of(b.kind)
+                && a.is_range() == b.is_range()
         }
 
         fn add(&mut self, all: &[Template], t: usize, until: u32) {
-            self.delete(all, t);
+            self.live.retain(|(i, _)| !Self::same(&all[*i], &all[t]));
             self.live.push((t, until));
         }
 

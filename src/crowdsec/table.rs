@@ -82,9 +82,9 @@ pub enum Target {
 /// One decision to add or delete, already parsed and validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Op {
-    /// The LAPI's decision id: a deletion removes the decision with this id on `target`, and
-    /// only it (other decisions on the same address live on until their own deletion or
-    /// expiry, as in the LAPI). See [`synthetic_id`] for decisions that come without one.
+    /// The LAPI's decision id: an addition with the id of a decision the table holds replaces
+    /// it; decisions of other types on the same address live on until their own deletion or
+    /// expiry, as in the LAPI. See [`synthetic_id`] for decisions that come without one.
     pub id: u64,
     pub target: Target,
     pub kind: Kind,
@@ -171,10 +171,15 @@ fn add_to(list: &mut Vec<Decision>, d: Decision, counts: &mut [u64; 3]) {
     }
 }
 
-/// Removes the decision with `id` from a target's decisions.
-fn delete_from(list: &mut Vec<Decision>, id: u64, counts: &mut [u64; 3]) {
+/// Removes the decisions of `kind` from a target's decisions.
+///
+/// The LAPI's stream reports a deletion only for the decision of a (scope, type, value) group
+/// with the latest expiry, and only once it ended (`longestDecisionForScopeTypeValue` in
+/// CrowdSec's database code): every other decision of the group has ended by then, and the
+/// deletions of those that ended first are never sent. So a deletion takes the whole group.
+fn delete_from(list: &mut Vec<Decision>, kind: Kind, counts: &mut [u64; 3]) {
     list.retain(|x| {
-        if x.id == id {
+        if x.kind == kind {
             counts[x.kind.index()] = counts[x.kind.index()].saturating_sub(1);
             false
         } else {
@@ -276,14 +281,15 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
         }
     }
 
-    fn delete(&mut self, k: K, id: u64, counts: &mut [u64; 3]) {
+    /// Removes the decisions of `kind` on `k` (see [`delete_from`]).
+    fn delete(&mut self, k: K, kind: Kind, counts: &mut [u64; 3]) {
         if let Some(list) = self.many.get_mut(&k) {
-            delete_from(list, id, counts);
+            delete_from(list, kind, counts);
             self.settle(k);
             return;
         }
         if let Some(o) = self.one.get(&k) {
-            if u64::from(o.id) == id {
+            if o.kind == kind {
                 counts[o.kind.index()] = counts[o.kind.index()].saturating_sub(1);
                 self.one.remove(&k);
             }
@@ -499,7 +505,7 @@ impl DecisionTable {
                     if add {
                         shard.add(k, d, &mut self.counts.ip);
                     } else {
-                        shard.delete(k, op.id, &mut self.counts.ip);
+                        shard.delete(k, op.kind, &mut self.counts.ip);
                     }
                 }
                 Target::Ip(IpAddr::V6(a)) => {
@@ -512,7 +518,7 @@ impl DecisionTable {
                     if add {
                         shard.add(k, d, &mut self.counts.ip);
                     } else {
-                        shard.delete(k, op.id, &mut self.counts.ip);
+                        shard.delete(k, op.kind, &mut self.counts.ip);
                     }
                 }
                 Target::Range(_) if !in_part(None) => continue,
@@ -522,7 +528,7 @@ impl DecisionTable {
                     if add {
                         add_to(r.source.entry(net).or_default(), d, &mut self.counts.range);
                     } else if let Some(list) = r.source.get_mut(&net) {
-                        delete_from(list, op.id, &mut self.counts.range);
+                        delete_from(list, op.kind, &mut self.counts.range);
                         if list.is_empty() {
                             r.source.remove(&net);
                         }
