@@ -1093,3 +1093,69 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A decision the LAPI leaves out of every delta (committed while a pull was being answered,
+/// a race in the LAPI itself) reaches the gate at the next full resync
+/// (`crowdsec.resync_interval`), without a restart or an error.
+#[tokio::test]
+async fn a_decision_missing_from_every_delta_arrives_with_the_periodic_resync() {
+    use support::fake_peer::{FakePeer, Reply};
+    let hidden = Arc::new(AtomicBool::new(false));
+    let peer = {
+        let hidden = hidden.clone();
+        FakePeer::start(move |seen| {
+            let full = seen.query_param("startup") == Some("true");
+            if full && hidden.load(Ordering::SeqCst) {
+                Reply::json(
+                    r#"{"new":[{"duration":"1h","id":7,"origin":"cscli","scenario":"manual","scope":"Ip","type":"ban","value":"203.0.113.50"}],"deleted":null}"#,
+                )
+            } else {
+                Reply::json(r#"{"new":null,"deleted":null}"#)
+            }
+        })
+    };
+    let setup = Gate::setup();
+    let key = setup.write_secret("key", "test-key");
+    let gate = setup.start(&format!(
+        "[crowdsec]\nlapi_url = \"{}\"\napi_key_file = \"{}\"\nupdate_interval = \"500ms\"\n\
+         resync_interval = \"2s\"\n[rate_limit]\nper_second = 0\n",
+        peer.url(),
+        key.display()
+    ));
+    let ask = async || {
+        gate.get(
+            "/auth",
+            &[
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "app.example.test"),
+                ("X-Forwarded-Uri", "/"),
+                ("X-Forwarded-For", "203.0.113.50"),
+            ],
+        )
+        .await
+        .0
+    };
+    eventually(Duration::from_secs(10), "the first sync", async || {
+        let (status, _, body) = gate.get("/readyz", &[]).await;
+        (status == 200).then_some(()).ok_or(body)
+    })
+    .await;
+    assert_eq!(ask().await, 200);
+    hidden.store(true, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(8),
+        "the ban after a full resync",
+        async || {
+            let status = ask().await;
+            (status == 403).then_some(()).ok_or(format!("{status}"))
+        },
+    )
+    .await;
+    let full = peer
+        .seen()
+        .iter()
+        .filter(|s| s.query_param("startup") == Some("true"))
+        .count();
+    assert!(full >= 2, "full resyncs asked: {full}");
+}

@@ -64,6 +64,11 @@ pub struct Crowdsec {
     pub api_key_file: Option<SecretFile>,
     pub mode: CrowdsecMode,
     pub update_interval: Duration,
+    /// How often stream mode asks for the whole decision list again (`startup=true`) instead
+    /// of a delta; zero: only at start and after a failure. The LAPI can leave decisions out of
+    /// deltas (those committed while a pull was being answered), and only a full answer
+    /// brings them.
+    pub resync_interval: Duration,
     pub fail_closed: bool,
     pub max_staleness: Duration,
     /// Timeout of one stream request (a startup stream of 100k decisions is ~14 MB).
@@ -204,6 +209,7 @@ impl Default for Config {
                 api_key_file: None,
                 mode: CrowdsecMode::Stream,
                 update_interval: Duration::from_secs(10),
+                resync_interval: Duration::from_secs(600),
                 fail_closed: false,
                 max_staleness: Duration::from_secs(300),
                 timeout: Duration::from_secs(30),
@@ -726,6 +732,7 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     }
     for (key, slot) in [
         ("update_interval", &mut c.crowdsec.update_interval),
+        ("resync_interval", &mut c.crowdsec.resync_interval),
         ("max_staleness", &mut c.crowdsec.max_staleness),
         ("timeout", &mut c.crowdsec.timeout),
         ("live_timeout", &mut c.crowdsec.live_timeout),
@@ -768,6 +775,12 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     }
     if cs.update_interval < Duration::from_millis(100) {
         cx.err("crowdsec.update_interval", "must be at least 100ms");
+    }
+    if !cs.resync_interval.is_zero() && cs.resync_interval < cs.update_interval {
+        cx.err(
+            "crowdsec.resync_interval",
+            "must be at least crowdsec.update_interval, or \"0s\" for never",
+        );
     }
     if cs.max_staleness < cs.update_interval {
         cx.err(
@@ -1137,6 +1150,7 @@ impl Config {
             }),
         );
         t.insert("update_interval".into(), dur(cs.update_interval));
+        t.insert("resync_interval".into(), dur(cs.resync_interval));
         t.insert("fail_closed".into(), Value::Boolean(cs.fail_closed));
         t.insert("max_staleness".into(), dur(cs.max_staleness));
         t.insert("timeout".into(), dur(cs.timeout));

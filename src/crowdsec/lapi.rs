@@ -74,6 +74,7 @@ pub struct Bouncer {
     fail_closed: bool,
     max_staleness_ms: u64,
     update_interval: Duration,
+    resync_interval: Duration,
     live_timeout: Duration,
     table: ArcSwap<DecisionTable>,
     /// Unix milliseconds of the last successful LAPI answer; 0 = never.
@@ -151,6 +152,7 @@ impl Bouncer {
             fail_closed: config.fail_closed,
             max_staleness_ms: u64::try_from(config.max_staleness.as_millis()).unwrap_or(u64::MAX),
             update_interval: config.update_interval,
+            resync_interval: config.resync_interval,
             live_timeout: config.live_timeout,
             table: ArcSwap::from_pointee(DecisionTable::default()),
             last_success_ms: AtomicU64::new(0),
@@ -291,11 +293,21 @@ impl Bouncer {
         let mut last_error = String::new();
         let mut need_startup = true;
         let mut last_sweep = now_unix().0;
+        let mut last_full = std::time::Instant::now();
         loop {
+            // A full answer now and then: the LAPI can leave a decision out of every delta (one
+            // committed while a pull was being answered), and only `startup=true` brings it.
+            if !self.resync_interval.is_zero() && last_full.elapsed() >= self.resync_interval {
+                need_startup = true;
+            }
+            let full = need_startup;
             let result = match self.mode {
                 CrowdsecMode::Stream => self.sync_once(need_startup, timeout).await,
                 CrowdsecMode::Live => self.probe().await,
             };
+            if full && result.is_ok() {
+                last_full = std::time::Instant::now();
+            }
             let (now, now_ms) = now_unix();
             match result {
                 Ok(()) => {

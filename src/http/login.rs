@@ -292,15 +292,7 @@ impl Login {
         message: &str,
     ) -> Response<Body> {
         self.count(result);
-        // Whether the browser held a login binding cookie: a cross-site page can make a
-        // visitor's browser fetch a forged callback without one (SameSite=Lax), so a ban
-        // scenario counts unknown states only from browsers that started a login here.
-        let binding_cookie = if view.cookies(&self.binding_cookie_name).next().is_some() {
-            "present"
-        } else {
-            "absent"
-        };
-        info!(client = %view.client, result, binding_cookie, "login failed");
+        info!(client = %view.client, result, "login failed");
         let again = self.endpoint("/oauth2/start");
         page(
             status,
