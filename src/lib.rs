@@ -24,6 +24,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 
 /// An error with its sources, `: `-joined: HTTP client errors keep the useful part (connection
 /// refused, a certificate problem, a timeout) in their sources.

@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -175,8 +177,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         });
     }
-    info!(listen = %listener.local_addr()?, "jacker-gate serving");
-    serve(listener, app, &config, shutdown).await;
+    let tls = match config.server.tls() {
+        Some(files) => {
+            let reloader = crate::tls::Reloader::new(files).map_err(anyhow::Error::msg)?;
+            let server_config = reloader.server_config().map_err(anyhow::Error::msg)?;
+            let reloader_for_peers = reloader.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::tls::RELOAD_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    reloader.reload_if_changed();
+                }
+            });
+            Some((
+                tokio_rustls::TlsAcceptor::from(server_config),
+                reloader_for_peers,
+            ))
+        }
+        None => None,
+    };
+    info!(
+        listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        "jacker-gate serving"
+    );
+    match tls {
+        Some((acceptor, tls)) => serve_tls(listener, app, &config, acceptor, tls, shutdown).await,
+        None => serve(listener, app, &config, shutdown).await,
+    }
     info!("jacker-gate stopped");
     Ok(())
 }
@@ -239,6 +267,116 @@ pub async fn serve(
         () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("drain timed out; closing remaining connections"),
     }
 }
+
+/// The accept loop of the TLS listener: each connection's handshake (bounded by
+/// `header_read_timeout`), then HTTP/2 or HTTP/1.1 as ALPN chose. Returns once `shutdown` has
+/// resolved and connections have drained.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: &Config,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Arc<crate::tls::Reloader>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::TokioExecutor;
+    use hyper_util::server::conn::auto;
+
+    let max_buf = (config.server.max_header_bytes + 8192).max(8192);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(max_buf);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Traefik sends every forwardAuth call of a busy entrypoint over one connection.
+        .max_concurrent_streams(1024)
+        .max_header_list_size(max_buf as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let handshake_timeout = config.server.header_read_timeout;
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let tls_files = tls.clone();
+        let watcher = graceful.watcher();
+        let peer_ip = peer.ip();
+        tokio::spawn(async move {
+            // A peer that does not finish its handshake in time, or has no certificate from
+            // the client CA, gets no answer: the connection just ends.
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer_ip, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // Without the client certificate the CA requires, only the liveness probe is
+            // answered; any other request ends the connection unanswered.
+            let health_only =
+                tls_files.requires_client_cert() && tls.get_ref().1.peer_certificates().is_none();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move {
+                    if health_only && req.uri().path() != "/healthz" {
+                        tracing::debug!(peer = %peer_ip, "TLS client without a certificate: closed");
+                        return Err(NoClientCertificate);
+                    }
+                    Ok(app.handle(req, peer_ip).await)
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            let _ = watcher.watch(conn).await;
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    info!("shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("drain timed out; closing remaining connections"),
+    }
+}
+
+/// A request on a TLS connection without the client certificate the CA requires: hyper ends
+/// the connection without an answer.
+#[derive(Debug)]
+struct NoClientCertificate;
+
+impl std::fmt::Display for NoClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no client certificate")
+    }
+}
+
+impl std::error::Error for NoClientCertificate {}
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

@@ -263,3 +263,279 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}\n{}", gate.logs());
     assert!(gate.logs().contains("draining"), "{}", gate.logs());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The TLS listener (`server.tls_cert_file`, `tls_key_file`, `tls_client_ca_file`).
+
+use support::crowdsec::pki::{https_client, CertPair, TestCa};
+
+/// A CA, the gate's certificate for `jacker-gate` and 127.0.0.1, and a client certificate.
+struct Pki {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    server: CertPair,
+    client: CertPair,
+}
+
+fn pki() -> Pki {
+    let ca = TestCa::new("jacker-gate test CA");
+    let dir = tempfile::tempdir().expect("pki dir");
+    let server = ca.server_cert(dir.path(), "gate", "DNS:jacker-gate,IP:127.0.0.1");
+    let client = ca.client_cert(dir.path(), "traefik", None, "traefik");
+    Pki {
+        ca,
+        dir,
+        server,
+        client,
+    }
+}
+
+fn tls_toml(p: &Pki, client_ca: bool) -> String {
+    let mut toml = format!(
+        "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        p.server.cert.display().to_string(),
+        p.server.key.display().to_string()
+    );
+    if client_ca {
+        toml.push_str(&format!(
+            "tls_client_ca_file = {:?}\n",
+            p.ca.cert().display().to_string()
+        ));
+    }
+    toml.push_str("[rate_limit]\nper_second = 0\n");
+    toml
+}
+
+async fn auth_over(client: &reqwest::Client, gate: &Gate) -> Result<reqwest::Response, String> {
+    let mut request = client.get(format!("{}/auth", gate.url()));
+    for (name, value) in fwd("/", "192.0.2.7") {
+        request = request.header(name, value);
+    }
+    request
+        .send()
+        .await
+        .map_err(|e| support::crowdsec::pki::error_chain(&e))
+}
+
+/// ALPN offers `h2` and `http/1.1`: an HTTP/2 client (Traefik's over TLS) and an HTTP/1.1 one
+/// both get the decision; the healthcheck speaks TLS.
+#[tokio::test]
+async fn tls_listener_speaks_http2_and_http1_by_alpn() {
+    let p = pki();
+    let gate = Gate::start(&tls_toml(&p, false));
+    assert!(gate.url().starts_with("https://"));
+    let h2 = https_client(p.ca.cert(), None)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let answer = auth_over(&h2, &gate).await.unwrap();
+    assert_eq!(
+        (answer.status().as_u16(), answer.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+    let h1 = https_client(p.ca.cert(), None)
+        .http1_only()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let answer = auth_over(&h1, &gate).await.unwrap();
+    assert_eq!(
+        (answer.status().as_u16(), answer.version()),
+        (200, reqwest::Version::HTTP_11)
+    );
+    // Plain HTTP on the TLS port is not served.
+    let plain = gate.raw(&raw_request(""));
+    assert!(
+        status_of(&plain).is_none(),
+        "{:?}",
+        String::from_utf8_lossy(&plain)
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+        .args(["healthcheck", "--config"])
+        .arg(gate.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With `tls_client_ca_file`: a client presenting a certificate from the CA is served; one with
+/// none gets no answer (only `/healthz`, for the healthcheck); one from another CA completes no
+/// handshake.
+#[tokio::test]
+async fn mtls_serves_the_cas_clients_only() {
+    let p = pki();
+    let gate = Gate::start(&tls_toml(&p, true));
+    let with_cert = https_client(p.ca.cert(), Some(&p.client))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let answer = auth_over(&with_cert, &gate).await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let without = https_client(p.ca.cert(), None)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let refused = auth_over(&without, &gate).await;
+    assert!(
+        refused.is_err(),
+        "answered without a client certificate: {refused:?}"
+    );
+    let health = without
+        .get(format!("{}/healthz", gate.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let other_ca = TestCa::new("someone else's CA");
+    let stranger = other_ca.client_cert(p.dir.path(), "stranger", None, "stranger");
+    let foreign = https_client(p.ca.cert(), Some(&stranger))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let refused = auth_over(&foreign, &gate).await;
+    assert!(
+        refused.is_err(),
+        "answered a foreign client certificate: {refused:?}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+        .args(["healthcheck", "--config"])
+        .arg(gate.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `check-config` reads the certificate, key and client CA and lists every problem (exit 64):
+/// what it accepts, the listener serves.
+#[test]
+fn check_config_refuses_bad_tls_files() {
+    let p = pki();
+    let dir = p.dir.path();
+    let other = p.ca.server_cert(dir, "other", "DNS:other");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let der = dir.join("gate.der");
+    let pem = std::fs::read_to_string(&p.server.cert).unwrap();
+    std::fs::write(&der, pem.replace("CERTIFICATE", "NOT A CERTIFICATE")).unwrap();
+    let check = |toml: String| {
+        let file = dir.join("check.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let server = |cert: &std::path::Path, key: &std::path::Path, ca: Option<&std::path::Path>| {
+        let mut t = format!(
+            "[server]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        if let Some(ca) = ca {
+            t.push_str(&format!(
+                "tls_client_ca_file = {:?}\n",
+                ca.display().to_string()
+            ));
+        }
+        t
+    };
+    let (code, said) = check(server(&p.server.cert, &p.server.key, Some(p.ca.cert())));
+    assert_eq!(code, Some(0), "{said}");
+    for (what, toml, needle) in [
+        (
+            "key of another certificate",
+            server(&p.server.cert, &other.key, None),
+            "do not belong together",
+        ),
+        (
+            "not PEM",
+            server(&garbage, &p.server.key, None),
+            "no PEM certificate",
+        ),
+        (
+            "no certificate block",
+            server(&der, &p.server.key, None),
+            "no PEM certificate",
+        ),
+        (
+            "key missing",
+            server(&p.server.cert, &dir.join("nope.key"), None),
+            "cannot read",
+        ),
+        (
+            "client CA not PEM",
+            server(&p.server.cert, &p.server.key, Some(&garbage)),
+            "server.tls_client_ca_file",
+        ),
+        (
+            "cert without key",
+            format!(
+                "[server]\ntls_cert_file = {:?}\n",
+                p.server.cert.display().to_string()
+            ),
+            "go together",
+        ),
+    ] {
+        let (code, said) = check(toml);
+        assert_eq!(code, Some(64), "{what}: {said}");
+        assert!(said.contains(needle), "{what}: {said}");
+    }
+}
+
+/// A renewed certificate and key written over the old files are served without a restart.
+#[tokio::test]
+async fn a_renewed_certificate_is_picked_up_without_a_restart() {
+    let p = pki();
+    let gate = Gate::start(&tls_toml(&p, false));
+    let served = || async {
+        let client = https_client(p.ca.cert(), None)
+            .tls_info(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let answer = client
+            .get(format!("{}/healthz", gate.url()))
+            .send()
+            .await
+            .unwrap();
+        answer
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))
+            .expect("the peer certificate")
+    };
+    let before = served().await;
+    let renewed =
+        p.ca.server_cert(p.dir.path(), "renewed", "DNS:jacker-gate,IP:127.0.0.1");
+    std::fs::copy(&renewed.key, &p.server.key).unwrap();
+    std::fs::copy(&renewed.cert, &p.server.cert).unwrap();
+    support::eventually(
+        Duration::from_secs(25),
+        "the renewed certificate",
+        async || {
+            let now = served().await;
+            (now != before)
+                .then_some(())
+                .ok_or_else(|| "still the old one".to_owned())
+        },
+    )
+    .await;
+}

@@ -49,6 +49,23 @@ pub struct Server {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// PEM certificate chain and key of a TLS listener (HTTP/2 and HTTP/1.1 by ALPN); both or
+    /// neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: with it, every client must present a certificate from this CA.
+    pub tls_client_ca_file: Option<PathBuf>,
+}
+
+impl Server {
+    /// The TLS listener's files, when TLS is on.
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +220,9 @@ impl Default for Config {
                 max_header_bytes: 32 * 1024,
                 header_read_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
+                tls_cert_file: None,
+                tls_key_file: None,
+                tls_client_ca_file: None,
             },
             crowdsec: Crowdsec {
                 lapi_url: None,
@@ -710,7 +730,32 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     if let Some(v) = s.get("max_connections", cx, |v, e| ranged(v, e, 1, 1_000_000)) {
         c.server.max_connections = v;
     }
+    for (key, slot) in [
+        ("tls_cert_file", &mut c.server.tls_cert_file),
+        ("tls_key_file", &mut c.server.tls_key_file),
+        ("tls_client_ca_file", &mut c.server.tls_client_ca_file),
+    ] {
+        if let Some(v) = s.get(key, cx, path) {
+            *slot = Some(v);
+        }
+    }
     s.finish(cx);
+    if c.server.tls_cert_file.is_some() != c.server.tls_key_file.is_some() {
+        cx.err(
+            "server.tls_cert_file",
+            "tls_cert_file and tls_key_file go together (the listener's certificate and key)",
+        );
+    } else if c.server.tls_client_ca_file.is_some() && c.server.tls_cert_file.is_none() {
+        cx.err(
+            "server.tls_client_ca_file",
+            "needs tls_cert_file and tls_key_file (client certificates are asked for over TLS)",
+        );
+    }
+    if let Some(files) = c.server.tls() {
+        for (key, problem) in crate::tls::check(&files) {
+            cx.err(key, problem);
+        }
+    }
     if c.server.header_read_timeout.is_zero() {
         cx.err("server.header_read_timeout", "must be more than 0s");
     }
@@ -1129,6 +1174,17 @@ impl Config {
         t.insert(
             "max_connections".into(),
             Value::Integer(self.server.max_connections as i64),
+        );
+        opt_path(
+            &mut t,
+            "tls_cert_file",
+            self.server.tls_cert_file.as_deref(),
+        );
+        opt_path(&mut t, "tls_key_file", self.server.tls_key_file.as_deref());
+        opt_path(
+            &mut t,
+            "tls_client_ca_file",
+            self.server.tls_client_ca_file.as_deref(),
         );
         root.insert("server".into(), Value::Table(t));
 

@@ -338,6 +338,7 @@ impl App {
                     %client,
                     %peer,
                     endpoint = endpoint.as_str(),
+                    http = ?req.version(),
                     verdict = label.as_str(),
                     reason = %verdict,
                     "decision"

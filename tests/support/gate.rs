@@ -71,9 +71,13 @@ impl GateSetup {
         let port = self.port.unwrap_or_else(free_port);
         let config_path = self.dir.path().join("gate.toml");
         write_config(&config_path, toml, port);
+        // A gate with `server.tls_cert_file` listens with TLS: its URL is https, and this
+        // client (for `get` and the health polls) does not check the test certificate.
+        let tls = toml.contains("tls_cert_file");
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            .danger_accept_invalid_certs(tls)
             .timeout(Duration::from_secs(10))
             .build()
             .expect("build HTTP client");
@@ -95,6 +99,7 @@ impl GateSetup {
             logs: Arc::new(Mutex::new(String::new())),
             log_file,
             client,
+            tls,
         };
         gate.spawn();
         gate
@@ -110,6 +115,8 @@ pub(crate) struct Gate {
     logs: Arc<Mutex<String>>,
     log_file: Option<Arc<Mutex<std::fs::File>>>,
     client: reqwest::Client,
+    /// The gate listens with TLS.
+    tls: bool,
 }
 
 impl Gate {
@@ -131,9 +138,10 @@ impl Gate {
         Gate::setup().start(toml)
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for a TLS listener).
     pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -356,7 +364,25 @@ impl Gate {
     fn wait_healthy(&mut self) {
         let start = Instant::now();
         loop {
-            if let Ok((200, _)) = blocking_get(self.addr(), "/healthz", Duration::from_secs(1)) {
+            let healthy = if self.tls {
+                let client = reqwest::Client::builder()
+                    .danger_accept_invalid_certs(true)
+                    .no_proxy()
+                    .timeout(Duration::from_secs(1))
+                    .build()
+                    .expect("build HTTPS client");
+                let url = format!("{}/healthz", self.url());
+                matches!(
+                    super::crowdsec::pki::blocking_https_get(&client, &url),
+                    Ok((200, _))
+                )
+            } else {
+                matches!(
+                    blocking_get(self.addr(), "/healthz", Duration::from_secs(1)),
+                    Ok((200, _))
+                )
+            };
+            if healthy {
                 return;
             }
             if let Some(status) = self.wait_exit(Duration::ZERO) {
