@@ -1616,3 +1616,80 @@ async fn repeated_failed_logins_end_in_a_ban_through_the_gate() {
         "{written}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The forwardAuth hop over TLS and HTTP/2.
+
+/// Traefik's forwardAuth client reaching the gate's TLS listener (`https://` address, `tls.ca`,
+/// and a client certificate for `tls_client_ca_file`) negotiates HTTP/2, and the decisions are
+/// the same: the public route passes, a deny rule answers 403, a login route 401 for an API
+/// client.
+#[tokio::test]
+async fn forward_auth_over_tls_speaks_http2_to_the_gate() {
+    let ca = support::crowdsec::pki::TestCa::new("jacker-gate test CA");
+    let certs = tempfile::tempdir().expect("cert dir");
+    let server = ca.server_cert(certs.path(), "gate", "DNS:jacker-gate,IP:127.0.0.1");
+    let client_cert = ca.client_cert(certs.path(), "traefik", None, "traefik");
+    let stack = stack_with(
+        |traefik, gate, upstream| {
+            let mw = format!(
+                r#"
+[http.middlewares.gate.forwardAuth]
+address = "{url}/auth"
+trustForwardHeader = false
+authResponseHeaders = ["X-Auth-Request-Email", "X-Auth-Request-User", "X-Forwarded-User"]
+maxResponseBodySize = 65536
+[http.middlewares.gate.forwardAuth.tls]
+ca = {ca:?}
+cert = {cert:?}
+key = {key:?}
+"#,
+                url = gate.url(),
+                ca = ca.cert().display().to_string(),
+                cert = client_cert.cert.display().to_string(),
+                key = client_cert.key.display().to_string(),
+            );
+            traefik.static_toml(&static_for(Shape::Recommended)).dynamic_file(
+                "stack.toml",
+                &format!(
+                    "{mw}\n[[http.services.upstream.loadBalancer.servers]]\nurl = \"{}\"\n\
+                     [http.routers.apps]\nrule = \"Host(`app.example.test`) || Host(`public.example.test`)\"\n\
+                     service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
+                    upstream.url()
+                ),
+            )
+        },
+        |g| {
+            g.server(&format!(
+                "trusted_proxies = [\"127.0.0.1/32\"]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n\
+                 tls_client_ca_file = {:?}",
+                server.cert.display().to_string(),
+                server.key.display().to_string(),
+                ca.cert().display().to_string()
+            ))
+            .extra("[[rules]]\npath_prefix = \"/admin\"\npolicy = \"deny\"\n[log]\nlevel = \"jacker_gate=debug\"\n")
+        },
+    );
+    assert!(stack.gate.url().starts_with("https://"));
+    let browser = Browser::resolving(&HOSTS, client(90));
+    let public = browser.get(&stack.url(PUBLIC, "/"), &[]).await;
+    assert_eq!(
+        public.status,
+        200,
+        "{}\n{}",
+        public.describe(),
+        stack.logs()
+    );
+    let denied = browser.get(&stack.url(APP, "/admin"), &[]).await;
+    assert_eq!(denied.status, 403, "{}", denied.describe());
+    let api = browser.get(&stack.url(APP, "/"), &[]).await;
+    assert_eq!(api.status, 401, "{}", api.describe());
+    let line = stack
+        .gate
+        .wait_for_log("\"decision\"", Duration::from_secs(5))
+        .await;
+    assert!(
+        line.contains("HTTP/2.0"),
+        "Traefik → gate over HTTP/2: {line}"
+    );
+}
