@@ -235,10 +235,7 @@ impl Login {
                 .verify(Purpose::LoginBinding, v)
                 .map(str::to_owned)
         });
-        let (binding_id, fresh) = match existing {
-            Some(id) => (id, false),
-            None => (random_id(), true),
-        };
+        let binding_id = existing.unwrap_or_else(random_id);
         let record = LoginRecord {
             pkce_verifier: attempt.pkce_verifier,
             nonce: attempt.nonce,
@@ -277,7 +274,6 @@ impl Login {
                 domain,
             ),
         );
-        let _ = fresh;
         resp
     }
 
