@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -209,7 +209,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// The accept loop; returns once `shutdown` has resolved and connections have drained.
+/// The plain HTTP/1.1 listener; returns once `shutdown` has resolved and connections have
+/// drained.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -221,56 +222,32 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
         .keep_alive(true)
-        // hyper answers 431 itself when a request head outgrows its buffer; leave room for
-        // the request line and separators beyond the names and values we count.
-        .max_buf_size((config.server.max_header_bytes + 8192).max(8192));
-    let limit = Arc::new(Semaphore::new(config.server.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let peer_ip = peer.ip();
-        let service = service_fn(move |req| {
+        .max_buf_size(max_buf_size(config));
+    let builder = Arc::new(builder);
+    accept_loop(
+        listener,
+        config,
+        shutdown,
+        move |stream, peer_ip, watcher| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer_ip).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-
-    drop(listener);
-    info!("shutting down: draining in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("drain timed out; closing remaining connections"),
-    }
+            let builder = builder.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(app.handle(req, peer_ip).await) }
+                });
+                let _ = watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), service))
+                    .await;
+            }
+        },
+    )
+    .await;
 }
 
-/// The accept loop of the TLS listener: each connection's handshake (bounded by
-/// `header_read_timeout`), then HTTP/2 or HTTP/1.1 as ALPN chose. Returns once `shutdown` has
-/// resolved and connections have drained.
+/// The TLS listener: each connection's handshake (bounded by `header_read_timeout`), then
+/// HTTP/2 or HTTP/1.1 as ALPN chose. Returns once `shutdown` has resolved and connections have
+/// drained.
 pub async fn serve_tls(
     listener: TcpListener,
     app: Arc<App>,
@@ -282,7 +259,7 @@ pub async fn serve_tls(
     use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto;
 
-    let max_buf = (config.server.max_header_bytes + 8192).max(8192);
+    let max_buf = max_buf_size(config);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -299,36 +276,14 @@ pub async fn serve_tls(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let handshake_timeout = config.server.header_read_timeout;
-    let limit = Arc::new(Semaphore::new(config.server.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(listener, config, shutdown, move |stream, peer_ip, watcher| {
         let app = app.clone();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let tls_files = tls.clone();
-        let watcher = graceful.watcher();
-        let peer_ip = peer.ip();
-        tokio::spawn(async move {
-            // A peer that does not finish its handshake in time, or has no certificate from
-            // the client CA, gets no answer: the connection just ends.
+        async move {
+            // A peer that does not finish its handshake in time, or presents a certificate the
+            // client CA did not issue, gets no answer: the connection just ends.
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -351,8 +306,56 @@ pub async fn serve_tls(
                     Ok(app.handle(req, peer_ip).await)
                 }
             });
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            let _ = watcher.watch(conn).await;
+            let _ = watcher
+                .watch(builder.serve_connection(TokioIo::new(tls), service))
+                .await;
+        }
+    })
+    .await;
+}
+
+/// hyper answers 431 itself when a request head outgrows its buffer; leave room for the request
+/// line and separators beyond the names and values `max_header_bytes` counts.
+fn max_buf_size(config: &Config) -> usize {
+    (config.server.max_header_bytes + 8192).max(8192)
+}
+
+/// Accepts connections while fewer than `max_connections` are served (more wait in the
+/// kernel's backlog), runs `serve_one` for each on a task of its own, and once `shutdown`
+/// resolves closes the listener and waits (up to a bound) for in-flight requests.
+async fn accept_loop<F>(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+    mut serve_one: impl FnMut(TcpStream, IpAddr, Watcher) -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(config.server.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve_one(stream, peer.ip(), graceful.watcher());
+        tokio::spawn(async move {
+            conn.await;
             drop(permit);
         });
     }

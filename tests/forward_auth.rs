@@ -306,6 +306,28 @@ fn tls_toml(p: &Pki, client_ca: bool) -> String {
     toml
 }
 
+/// An HTTPS client trusting the test CA, presenting `identity` when given.
+fn tls_client(p: &Pki, identity: Option<&CertPair>) -> reqwest::Client {
+    https_client(p.ca.cert(), identity)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// `jacker-gate healthcheck --config` of a running gate: exits 0.
+fn assert_healthcheck_passes(gate: &Gate) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+        .args(["healthcheck", "--config"])
+        .arg(gate.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn auth_over(client: &reqwest::Client, gate: &Gate) -> Result<reqwest::Response, String> {
     let mut request = client.get(format!("{}/auth", gate.url()));
     for (name, value) in fwd("/", "192.0.2.7") {
@@ -324,10 +346,7 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
     let p = pki();
     let gate = Gate::start(&tls_toml(&p, false));
     assert!(gate.url().starts_with("https://"));
-    let h2 = https_client(p.ca.cert(), None)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let h2 = tls_client(&p, None);
     let answer = auth_over(&h2, &gate).await.unwrap();
     assert_eq!(
         (answer.status().as_u16(), answer.version()),
@@ -351,16 +370,7 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
         String::from_utf8_lossy(&plain)
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
-        .args(["healthcheck", "--config"])
-        .arg(gate.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_healthcheck_passes(&gate);
 }
 
 /// With `tls_client_ca_file`: a client presenting a certificate from the CA is served; one with
@@ -370,17 +380,11 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
 async fn mtls_serves_the_cas_clients_only() {
     let p = pki();
     let gate = Gate::start(&tls_toml(&p, true));
-    let with_cert = https_client(p.ca.cert(), Some(&p.client))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let with_cert = tls_client(&p, Some(&p.client));
     let answer = auth_over(&with_cert, &gate).await.unwrap();
     assert_eq!(answer.status(), 200);
 
-    let without = https_client(p.ca.cert(), None)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let without = tls_client(&p, None);
     let refused = auth_over(&without, &gate).await;
     assert!(
         refused.is_err(),
@@ -395,26 +399,14 @@ async fn mtls_serves_the_cas_clients_only() {
 
     let other_ca = TestCa::new("someone else's CA");
     let stranger = other_ca.client_cert(p.dir.path(), "stranger", None, "stranger");
-    let foreign = https_client(p.ca.cert(), Some(&stranger))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let foreign = tls_client(&p, Some(&stranger));
     let refused = auth_over(&foreign, &gate).await;
     assert!(
         refused.is_err(),
         "answered a foreign client certificate: {refused:?}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
-        .args(["healthcheck", "--config"])
-        .arg(gate.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_healthcheck_passes(&gate);
 }
 
 /// `check-config` reads the certificate, key and client CA and lists every problem (exit 64):

@@ -146,7 +146,7 @@ impl Login {
 
     /// Where `/auth` sends a visitor without a session: `/oauth2/start?rd=<the original URL>`.
     pub fn start_url_for(&self, view: &View<'_>) -> Option<HeaderValue> {
-        let mut url = self.endpoint("/oauth2/start");
+        let mut url = self.endpoint(GatePage::Start.path());
         if let (Some(host), Some(uri)) = (view.host(), view.forwarded.uri) {
             if let Ok(uri) = std::str::from_utf8(uri) {
                 let original = format!("{}://{host}{uri}", view.proto);
@@ -289,7 +289,7 @@ impl Login {
     ) -> Response<Body> {
         self.count(result);
         info!(client = %view.client, result, "login failed");
-        let again = self.endpoint("/oauth2/start");
+        let again = self.endpoint(GatePage::Start.path());
         page(
             status,
             "Sign-in failed",
@@ -468,7 +468,7 @@ impl Login {
                 "Signed out",
                 &format!(
                     "<p>You are signed out.</p><p><a href=\"{}\">Sign in again</a></p>",
-                    escape_html(self.endpoint("/oauth2/start").as_str())
+                    escape_html(self.endpoint(GatePage::Start.path()).as_str())
                 ),
             ),
         };
@@ -505,8 +505,8 @@ impl Login {
     }
 
     pub async fn home(&self, view: &View<'_>) -> Response<Body> {
-        let start = self.endpoint("/oauth2/start");
-        let out = self.endpoint("/oauth2/sign_out");
+        let start = self.endpoint(GatePage::Start.path());
+        let out = self.endpoint(GatePage::SignOut.path());
         match self.session(view).await {
             SessionState::Valid { email } => page(
                 StatusCode::OK,
