@@ -276,7 +276,11 @@ pub async fn serve_tls(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let handshake_timeout = config.server.header_read_timeout;
+    // Unix seconds of the last "handshake failed" warning: a client Traefik cannot complete a
+    // handshake with shows there as a 500, so the reason belongs in the log, once a minute.
+    let warned = Arc::new(std::sync::atomic::AtomicU64::new(0));
     accept_loop(listener, config, shutdown, move |stream, peer_ip, watcher| {
+        let warned = warned.clone();
         let app = app.clone();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
@@ -287,7 +291,18 @@ pub async fn serve_tls(
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer_ip, error = %e, "TLS handshake failed");
+                    use std::sync::atomic::Ordering;
+                    let now = crate::session::now_unix();
+                    let last = warned.load(Ordering::Relaxed);
+                    if now >= last + 60
+                        && warned
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        warn!(peer = %peer_ip, error = %e, "TLS handshake failed (one line a minute)");
+                    } else {
+                        tracing::debug!(peer = %peer_ip, error = %e, "TLS handshake failed");
+                    }
                     return;
                 }
                 Err(_) => return,

@@ -65,12 +65,19 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
         .load_private_key(key_der)
         .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
+    certified.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
             "{} and {} do not belong together: {e}",
             cert.display(),
             key.display()
-        )
+        ),
+        // Anything else is the certificate itself, e.g. an X.509 v1 certificate (`openssl
+        // x509 -req` without `-extfile`): the listener needs v3 with a subjectAltName.
+        e => format!(
+            "{}: not a usable certificate ({e}); it must be X.509 v3 with a subjectAltName \
+             for the name clients dial",
+            cert.display()
+        ),
     })?;
     Ok(certified)
 }
@@ -94,13 +101,19 @@ fn client_verifier(
         .map_err(|e| format!("{}: {e}", ca.display()))
 }
 
-/// Every problem with the files, for `check-config` (empty when the listener can start).
-pub fn check(files: &TlsFiles) -> Vec<(&'static str, String)> {
+/// Every problem with the files that were given, for `check-config` (empty when the listener
+/// can start): the certificate and key as a pair, the client CA on its own.
+pub fn check(
+    pair: Option<(&Path, &Path)>,
+    client_ca: Option<&Path>,
+) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    if let Err(e) = load_certified_key(&files.cert, &files.key) {
-        problems.push(("server.tls_cert_file", e));
+    if let Some((cert, key)) = pair {
+        if let Err(e) = load_certified_key(cert, key) {
+            problems.push(("server.tls_cert_file", e));
+        }
     }
-    if let Some(ca) = &files.client_ca {
+    if let Some(ca) = client_ca {
         if let Err(e) = client_verifier(ca) {
             problems.push(("server.tls_client_ca_file", e));
         }

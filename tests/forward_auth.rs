@@ -478,6 +478,18 @@ fn check_config_refuses_bad_tls_files() {
             "server.tls_client_ca_file",
         ),
         (
+            // A missing certificate file and a client CA that is a key: both are named, and
+            // the key given with it is not reported as missing a partner.
+            "missing cert and a key as CA",
+            server(&dir.join("nope.pem"), &p.server.key, Some(&p.server.key)),
+            "server.tls_client_ca_file",
+        ),
+        (
+            "X.509 v1 certificate",
+            server(&v1_cert(dir, &p.server.key), &p.server.key, None),
+            "X.509 v3",
+        ),
+        (
             "cert without key",
             format!(
                 "[server]\ntls_cert_file = {:?}\n",
@@ -489,6 +501,12 @@ fn check_config_refuses_bad_tls_files() {
         let (code, said) = check(toml);
         assert_eq!(code, Some(64), "{what}: {said}");
         assert!(said.contains(needle), "{what}: {said}");
+        if what == "missing cert and a key as CA" {
+            assert!(
+                said.contains("cannot read") && !said.contains("go together"),
+                "{what}: {said}"
+            );
+        }
     }
 }
 
@@ -530,4 +548,30 @@ async fn a_renewed_certificate_is_picked_up_without_a_restart() {
         },
     )
     .await;
+}
+
+/// A self-signed X.509 v1 certificate for `key` (what `openssl x509 -req` makes without
+/// `-extfile`).
+fn v1_cert(dir: &std::path::Path, key: &std::path::Path) -> std::path::PathBuf {
+    let csr = dir.join("v1.csr");
+    let cert = dir.join("v1.pem");
+    for args in [
+        vec!["req", "-new", "-subj", "/CN=v1", "-key"],
+        vec!["x509", "-req", "-days", "1", "-signkey"],
+    ] {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(&args).arg(key);
+        if args[0] == "req" {
+            cmd.arg("-out").arg(&csr);
+        } else {
+            cmd.arg("-in").arg(&csr).arg("-out").arg(&cert);
+        }
+        let out = cmd.output().expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cert
 }

@@ -730,6 +730,14 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     if let Some(v) = s.get("max_connections", cx, |v, e| ranged(v, e, 1, 1_000_000)) {
         c.server.max_connections = v;
     }
+    // Whether each TLS key was written, whatever its value turned out to be: a file that cannot
+    // be read is one problem, not also a missing partner.
+    let given = |k: &str| s.table.contains_key(k);
+    let (cert_given, key_given, ca_given) = (
+        given("tls_cert_file"),
+        given("tls_key_file"),
+        given("tls_client_ca_file"),
+    );
     for (key, slot) in [
         ("tls_cert_file", &mut c.server.tls_cert_file),
         ("tls_key_file", &mut c.server.tls_key_file),
@@ -740,21 +748,25 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
         }
     }
     s.finish(cx);
-    if c.server.tls_cert_file.is_some() != c.server.tls_key_file.is_some() {
+    if cert_given != key_given {
         cx.err(
             "server.tls_cert_file",
             "tls_cert_file and tls_key_file go together (the listener's certificate and key)",
         );
-    } else if c.server.tls_client_ca_file.is_some() && c.server.tls_cert_file.is_none() {
+    } else if ca_given && !cert_given {
         cx.err(
             "server.tls_client_ca_file",
             "needs tls_cert_file and tls_key_file (client certificates are asked for over TLS)",
         );
     }
-    if let Some(files) = c.server.tls() {
-        for (key, problem) in crate::tls::check(&files) {
-            cx.err(key, problem);
-        }
+    for (key, problem) in crate::tls::check(
+        c.server
+            .tls_cert_file
+            .as_deref()
+            .zip(c.server.tls_key_file.as_deref()),
+        c.server.tls_client_ca_file.as_deref(),
+    ) {
+        cx.err(key, problem);
     }
     if c.server.header_read_timeout.is_zero() {
         cx.err("server.header_read_timeout", "must be more than 0s");
