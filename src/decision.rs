@@ -224,7 +224,7 @@ fn decide_route<C: Clock + Clone>(
     let uri = request.uri.ok_or(Verdict::BadRequest(BadRequest::Uri))?;
     let path = normalize_path(uri).map_err(|e| Verdict::BadRequest(BadRequest::Path(e)))?;
     let host = normalize_host(host).ok_or(Verdict::BadRequest(BadRequest::Host))?;
-    if let Some(page) = rules.gate_page(&host, &path) {
+    if let Some(page) = rules.gate_page(method, &host, &path) {
         return Ok(Step::Gate(page));
     }
     match rules.policy(method, &host, &path) {
@@ -372,15 +372,18 @@ mod tests {
     #[test]
     fn gate_pages() {
         let l = limiter(0);
-        let at = |public_host: &str, prefix: &str, host: &str, uri: &str| {
+        let at_with = |method: &str, public_host: &str, prefix: &str, host: &str, uri: &str| {
             let rules = Rules::new(vec![], true)
                 .with_gate_pages(GatePages::new(public_host, prefix).expect("valid"));
             let f = Forwarded {
-                method: Some("GET"),
+                method: Some(method),
                 host: Some(host),
                 uri: Some(uri.as_bytes()),
             };
             decide(IP, CrowdsecState::Clear, &l, &rules, &f, None)
+        };
+        let at = |public_host: &str, prefix: &str, host: &str, uri: &str| {
+            at_with("GET", public_host, prefix, host, uri)
         };
         let auth = |uri| at("auth.example.com", "/", "auth.example.com", uri);
         for (uri, page) in [
@@ -430,7 +433,25 @@ mod tests {
         let pre = |uri| at("example.com", "/gate/", "example.com", uri);
         assert_eq!(pre("/gate/oauth2/start"), Step::Gate(GatePage::Start));
         assert_eq!(pre("/gate/"), Step::Gate(GatePage::Home));
-        assert_eq!(pre("/gate"), Step::Gate(GatePage::Home));
+        // Without its slash the prefix is a path a proxy may route to an application.
+        assert_eq!(pre("/gate"), Step::NeedsSession);
+        // The pages that only show information are let through for GET and HEAD only.
+        for method in ["POST", "PUT", "DELETE"] {
+            for uri in ["/", "/oauth2/userinfo"] {
+                let step = at_with(method, "auth.example.com", "/", "auth.example.com", uri);
+                assert_eq!(step, Step::NeedsSession, "{method} {uri}");
+            }
+        }
+        let head = at_with("HEAD", "auth.example.com", "/", "auth.example.com", "/");
+        assert_eq!(head, Step::Gate(GatePage::Home));
+        let post = at_with(
+            "POST",
+            "auth.example.com",
+            "/",
+            "auth.example.com",
+            "/oauth2/sign_out",
+        );
+        assert_eq!(post, Step::Gate(GatePage::SignOut));
         assert_eq!(pre("/oauth2/start"), Step::NeedsSession);
         assert_eq!(pre("/"), Step::NeedsSession);
         assert_eq!(pre("/gatex/oauth2/start"), Step::NeedsSession);

@@ -219,11 +219,18 @@ impl GatePages {
     /// [`normalize_path`]). The callback is recognised on every host (a provider returns to the
     /// one registered URL, but a proxy may present it under another name); the other pages only
     /// on `public_url`'s host, where they cannot shadow an application's own `/`.
-    pub fn page(&self, host: &str, path: &str) -> Option<GatePage> {
+    ///
+    /// `/` and `/oauth2/userinfo` only show information and are let through to the gate's own
+    /// router: they count as gate pages for `GET` and `HEAD` only, and only spelled exactly
+    /// (`{prefix}/`, not `{prefix}`, which a proxy may route to an application), so that no
+    /// other request can use them to reach an upstream unjudged.
+    pub fn page(&self, method: &str, host: &str, path: &str) -> Option<GatePage> {
         let rest = path.strip_prefix(self.prefix.as_str())?;
-        let page = GatePage::ALL.into_iter().find(|p| {
-            rest == p.path() || (*p == GatePage::Home && rest.is_empty() && !self.prefix.is_empty())
-        })?;
+        let page = GatePage::ALL.into_iter().find(|p| rest == p.path())?;
+        let shows_only = matches!(page, GatePage::Home | GatePage::UserInfo);
+        if shows_only && !matches!(method, "GET" | "HEAD") {
+            return None;
+        }
         if page == GatePage::Callback || self.host.as_deref() == Some(host) {
             Some(page)
         } else {
@@ -266,8 +273,8 @@ impl Rules {
     }
 
     /// Which of the gate's own pages a request is for (normalised host and path).
-    pub fn gate_page(&self, host: &str, path: &str) -> Option<GatePage> {
-        self.gate.as_ref()?.page(host, path)
+    pub fn gate_page(&self, method: &str, host: &str, path: &str) -> Option<GatePage> {
+        self.gate.as_ref()?.page(method, host, path)
     }
 
     /// Whether a login provider is configured (unmatched routes then need a login).

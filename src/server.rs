@@ -279,8 +279,10 @@ pub async fn serve_tls(
     // Unix seconds of the last "handshake failed" warning: a client Traefik cannot complete a
     // handshake with shows there as a 500, so the reason belongs in the log, once a minute.
     let warned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let health_only_slots = Arc::new(Semaphore::new(HEALTH_ONLY_CONNECTIONS));
     accept_loop(listener, config, shutdown, move |stream, peer_ip, watcher| {
         let warned = warned.clone();
+        let health_only_slots = health_only_slots.clone();
         let app = app.clone();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
@@ -311,23 +313,42 @@ pub async fn serve_tls(
             // answered; any other request ends the connection unanswered.
             let health_only =
                 tls_files.requires_client_cert() && tls.get_ref().1.peer_certificates().is_none();
+            // Such connections are few and short-lived, so that clients without a certificate
+            // cannot hold the connection slots Traefik needs.
+            let _health_slot = if health_only {
+                match health_only_slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
             let service = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
                 async move {
                     if health_only && req.uri().path() != "/healthz" {
-                        tracing::debug!(peer = %peer_ip, "TLS client without a certificate: closed");
+                        tracing::debug!(peer = %peer_ip, "TLS client without a certificate: refused");
                         return Err(NoClientCertificate);
                     }
                     Ok(app.handle(req, peer_ip).await)
                 }
             });
-            let _ = watcher
-                .watch(builder.serve_connection(TokioIo::new(tls), service))
-                .await;
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
+            if health_only {
+                let _ = tokio::time::timeout(HEALTH_ONLY_LIFETIME, conn).await;
+            } else {
+                let _ = conn.await;
+            }
         }
     })
     .await;
 }
+
+/// At most this many TLS connections without the client certificate the CA requires are
+/// served at once (the healthcheck needs one); more are closed after the handshake.
+const HEALTH_ONLY_CONNECTIONS: usize = 8;
+/// How long such a connection is kept: a healthcheck takes milliseconds.
+const HEALTH_ONLY_LIFETIME: Duration = Duration::from_secs(5);
 
 /// hyper answers 431 itself when a request head outgrows its buffer; leave room for the request
 /// line and separators beyond the names and values `max_header_bytes` counts.

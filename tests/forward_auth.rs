@@ -397,6 +397,33 @@ async fn mtls_serves_the_cas_clients_only() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
+    // A connection without a certificate is closed within seconds, even if the client never
+    // sends anything (it cannot hold a slot Traefik needs).
+    let mut idle = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
+        .arg(gate.addr().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let opened = Instant::now();
+    let closed = loop {
+        if idle.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if opened.elapsed() > Duration::from_secs(15) {
+            let _ = idle.kill();
+            let _ = idle.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        closed,
+        "a connection without a client certificate stayed open"
+    );
+
     let other_ca = TestCa::new("someone else's CA");
     let stranger = other_ca.client_cert(p.dir.path(), "stranger", None, "stranger");
     let foreign = tls_client(&p, Some(&stranger));

@@ -205,7 +205,8 @@ impl Login {
         let url = self.redirects.check(rd?, origin)?;
         let host = normalize_host(url.host_str()?)?;
         let path = normalize_path(url.path().as_bytes()).ok()?;
-        match self.pages.page(&host, &path) {
+        // A return URL is followed by a navigation: a GET.
+        match self.pages.page("GET", &host, &path) {
             Some(GatePage::Start | GatePage::Callback | GatePage::SignOut) => None,
             Some(GatePage::Home | GatePage::UserInfo) | None => Some(url),
         }
@@ -303,7 +304,8 @@ impl Login {
 
     pub async fn callback(&self, view: &View<'_>, query: &str) -> Response<Body> {
         if let Some(error) = query_param(query, "error") {
-            info!(error = %error, "the identity provider returned an error");
+            // Debug form: the value comes from the query and could hold a line break.
+            info!(error = ?error, "the identity provider returned an error");
             return self.login_failed(
                 view,
                 "provider_error",
