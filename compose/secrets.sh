@@ -15,9 +15,21 @@
 # PATH, or target/{release,debug} of this repository), else from 32 random bytes in base64, the
 # same format.
 #
+# It also makes the internal TLS of the forwardAuth hop (Traefik calls jacker-gate over HTTP/2 with
+# mutual TLS): a private CA (jacker_ca_key, which is mounted nowhere, and jacker_ca_cert), the
+# gate's certificate for the name `jacker-gate`, and client certificates for Traefik and
+# Prometheus. ECDSA P-256; the CA lasts 10 years and the others 2 years. A certificate is issued
+# again when it is missing, no longer matches its key or the CA, lacks one of the gate's names, or
+# expires within 30 days, so running this script from a monthly cron job keeps them fresh; after a
+# renewal, `docker compose restart traefik prometheus` (the gate reloads its own certificate within
+# 10 s). Needs `openssl`.
+#   GATE_TLS_NAMES="jacker-gate ..."  the gate certificate's names: DNS names or IP addresses
+#                                     (default `jacker-gate`, the service name Traefik dials)
+#
 # Compose mounts file secrets with their host owner and mode, so a container that does not run as
 # root can read a 600 file only if it owns it. Run as root, this script gives each file to the UID
-# of the container that reads it (the table below); otherwise it prints the chown commands.
+# of the container that reads it (the tables below); otherwise it prints the chown commands.
+# Certificates are public: they are mode 644, keys 600.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +51,19 @@ secrets=(
   "authentik_secret_key:1000:hex"             # Authentik
   "grafana_admin_password:472:hex"            # Grafana (UID 472)
   "alertmanager_slack_webhook:65534:slack"    # Alertmanager x2 (nobody)
+)
+
+# The forwardAuth hop's TLS. name:owner-uid:kind  (kind: ca-key, ca, key, server, client; a
+# certificate follows its key)
+pki=(
+  "jacker_ca_key:0:ca-key"                    # signs the certificates below; mounted nowhere
+  "jacker_ca_cert:0:ca"                       # public: jacker-gate, Traefik, Prometheus, Blackbox trust it
+  "gate_tls_key:65532:key"                    # jacker-gate's listener
+  "gate_tls_cert:65532:server"
+  "traefik_gate_key:0:key"                    # Traefik's client certificate to the gate (root)
+  "traefik_gate_cert:0:client"
+  "prometheus_gate_key:65534:key"             # Prometheus scraping the gate's /metrics (nobody)
+  "prometheus_gate_cert:65534:client"
 )
 
 random_hex() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
@@ -114,7 +139,97 @@ for entry in "${secrets[@]}"; do
   fi
 done
 
-echo "secrets in $dir (700; files 600)"
+# --- The forwardAuth hop's TLS ------------------------------------------------------------------
+
+command -v openssl >/dev/null 2>&1 || {
+  echo "secrets.sh: openssl not found; install it (apt-get install openssl) and run again" >&2
+  exit 1
+}
+read -r -a gate_names <<<"${GATE_TLS_NAMES:-jacker-gate}"
+[ "${#gate_names[@]}" -gt 0 ] || { echo "secrets.sh: GATE_TLS_NAMES is empty" >&2; exit 1; }
+renew_before=$((30 * 24 * 3600))
+ca_key="$dir/jacker_ca_key" ca_cert="$dir/jacker_ca_cert"
+
+is_ip() { [[ "$1" =~ ^[0-9.]+$ || "$1" == *:* ]]; }
+
+new_key() { # new_key FILE: an ECDSA P-256 private key, PKCS#8 PEM
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.tmp" 2>/dev/null
+  chmod 600 "$1.tmp"
+  mv "$1.tmp" "$1"
+}
+
+# Whether CERT is usable: present, matching KEY, valid for 30 more days, and (with a CA) issued by it.
+cert_ok() { # cert_ok CERT KEY [CA]
+  local cert="$1" key="$2" ca="${3:-}"
+  [ -s "$cert" ] && [ -s "$key" ] || return 1
+  openssl x509 -in "$cert" -noout -checkend "$renew_before" >/dev/null 2>&1 || return 1
+  [ "$(openssl x509 -in "$cert" -noout -pubkey 2>/dev/null)" = \
+    "$(openssl pkey -in "$key" -pubout 2>/dev/null)" ] || return 1
+  [ -z "$ca" ] || openssl verify -CAfile "$ca" "$cert" >/dev/null 2>&1
+}
+
+has_names() { # has_names CERT NAME...: the certificate is valid for every NAME
+  local cert="$1" name
+  shift
+  for name in "$@"; do
+    if is_ip "$name"; then
+      openssl x509 -in "$cert" -noout -checkip "$name" 2>/dev/null | grep -q 'does match' || return 1
+    else
+      openssl x509 -in "$cert" -noout -checkhost "$name" 2>/dev/null | grep -q 'does match' || return 1
+    fi
+  done
+}
+
+issue() { # issue CERT KEY CN server|client: a certificate for KEY signed by the CA
+  local cert="$1" key="$2" cn="$3" role="$4" ext="$dir/.ext.tmp" n san=""
+  if [ "$role" = server ]; then
+    for n in "${gate_names[@]}"; do
+      if is_ip "$n"; then san+="${san:+,}IP:$n"; else san+="${san:+,}DNS:$n"; fi
+    done
+    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" > "$ext"
+  else
+    printf 'extendedKeyUsage=clientAuth\n' > "$ext"
+  fi
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n' >> "$ext"
+  openssl req -new -key "$key" -subj "/CN=$cn" 2>/dev/null \
+    | openssl x509 -req -CA "$ca_cert" -CAkey "$ca_key" -set_serial "0x$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+        -days 730 -sha256 -extfile "$ext" -out "$cert.tmp" 2>/dev/null
+  rm -f "$ext"
+  chmod 644 "$cert.tmp"
+  mv "$cert.tmp" "$cert"
+}
+
+renewed=()
+if ! cert_ok "$ca_cert" "$ca_key"; then
+  [ -s "$ca_key" ] || new_key "$ca_key"
+  openssl req -x509 -new -key "$ca_key" -subj "/CN=Jacker internal CA" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$ca_cert.tmp" 2>/dev/null
+  chmod 644 "$ca_cert.tmp"
+  mv "$ca_cert.tmp" "$ca_cert"
+  renewed+=(jacker_ca_cert)
+fi
+for entry in "${pki[@]}"; do
+  IFS=: read -r name owner kind <<<"$entry"
+  file="$dir/$name"
+  case "$kind" in
+    key) key="$file"; [ -s "$key" ] || new_key "$key" ;;
+    server | client)
+      if [ "$kind" = server ]; then cn="${gate_names[0]}"; else cn="${name%%_*}"; fi
+      if ! cert_ok "$file" "$key" "$ca_cert" || { [ "$kind" = server ] && ! has_names "$file" "${gate_names[@]}"; }; then
+        issue "$file" "$key" "$cn" "$kind"
+        renewed+=("$name")
+      fi ;;
+  esac
+  if [ "$is_root" = 1 ]; then
+    chown "$owner:$owner" "$file"
+  elif [ "$(stat -c %u "$file")" != "$owner" ]; then
+    chowns+=("chown $owner:$owner $file")
+  fi
+done
+
+echo "secrets in $dir (700; files 600, certificates 644)"
+if [ "${#renewed[@]}" -gt 0 ]; then echo "  certificates issued: ${renewed[*]}"; fi
 if [ "${#created[@]}" -gt 0 ]; then echo "  created: ${created[*]}"; fi
 if [ "${#placeholders[@]}" -gt 0 ]; then
   echo "  PLACEHOLDER values (edit the file, or re-run after deleting it):"

@@ -196,10 +196,19 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 /// A running gate with built-in settings on a free loopback port.
 fn start_gate(dir: &Path) -> (Proc, u16) {
     let port = free_port();
+    let gate = spawn_gate(dir, port, "");
+    wait_for("jacker-gate /healthz", Duration::from_secs(20), || {
+        matches!(http_get(port, "/healthz", &[]), Ok((200, _)))
+    });
+    (gate, port)
+}
+
+/// Starts a gate on `port` with `server` lines added to its `[server]` section.
+fn spawn_gate(dir: &Path, port: u16, server: &str) -> Proc {
     let cfg = dir.join("gate.toml");
     std::fs::write(
         &cfg,
-        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n"),
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n\n[log]\nlevel = \"warn\"\n"),
     )
     .expect("write gate config");
     let child = Command::new(GATE)
@@ -211,26 +220,69 @@ fn start_gate(dir: &Path) -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start jacker-gate");
-    let gate = Proc(child);
-    wait_for("jacker-gate /healthz", Duration::from_secs(20), || {
-        matches!(http_get(port, "/healthz", &[]), Ok((200, _)))
-    });
-    (gate, port)
+    Proc(child)
 }
+
+/// The headers of a ForwardAuth call for a public page.
+const FORWARD_AUTH: [(&str, &str); 5] = [
+    ("X-Forwarded-Method", "GET"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "app.jacker.test"),
+    ("X-Forwarded-Uri", "/"),
+    ("X-Forwarded-For", "203.0.113.7"),
+];
 
 /// Some ForwardAuth decisions, so that the request counters and the histogram have samples.
 fn drive_gate(port: u16) {
-    let headers = [
-        ("X-Forwarded-Method", "GET"),
-        ("X-Forwarded-Proto", "https"),
-        ("X-Forwarded-Host", "app.jacker.test"),
-        ("X-Forwarded-Uri", "/"),
-        ("X-Forwarded-For", "203.0.113.7"),
-    ];
     for _ in 0..5 {
-        let (status, _) = http_get(port, "/auth", &headers).expect("GET /auth");
+        let (status, _) = http_get(port, "/auth", &FORWARD_AUTH).expect("GET /auth");
         assert_eq!(status, 200, "a gate without login or CrowdSec allows");
     }
+}
+
+/// `GET https://127.0.0.1:{port}{path}` checking the certificate against `ca` for the name
+/// `jacker-gate`, presenting the client certificate `identity` (certificate, key) when given.
+/// Runs on its own thread and runtime, so plain `#[test]`s can call it.
+fn https_get(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<(u16, String), String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(read(ca).as_bytes()).unwrap())
+        .resolve("jacker-gate", SocketAddr::from(([127, 0, 0, 1], port)))
+        .no_proxy()
+        .timeout(Duration::from_secs(5));
+    if let Some((cert, key)) = identity {
+        let pem = format!("{}\n{}", read(cert), read(key));
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    let client = builder.build().unwrap();
+    let url = format!("https://jacker-gate:{port}{path}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let mut request = client.get(&url);
+                    for (name, value) in headers {
+                        request = request.header(*name, *value);
+                    }
+                    let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+                    let status = response.status().as_u16();
+                    Ok((status, response.text().await.map_err(|e| e.to_string())?))
+                })
+            })
+            .join()
+            .unwrap()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,7 +671,50 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
     let mw = &dynamic["http"]["middlewares"];
     let fa = &mw["jacker-gate"]["forwardAuth"];
-    assert_eq!(fa["address"].as_str(), Some("http://jacker-gate:8080/auth"));
+    // Over TLS, so that Traefik's client speaks HTTP/2 on one connection (SPEC "The forwardAuth
+    // hop over HTTP/2"), with the CA and Traefik's client certificate mounted into Traefik.
+    assert_eq!(
+        fa["address"].as_str(),
+        Some("https://jacker-gate:8443/auth")
+    );
+    let traefik_secrets = strs_of_secret_targets("traefik");
+    let tls = fa["tls"].as_table().expect("forwardAuth.tls");
+    assert_eq!(
+        tls.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca", "cert", "key"]
+    );
+    for (field, secret) in [
+        ("ca", "jacker_ca_cert"),
+        ("cert", "traefik_gate_cert"),
+        ("key", "traefik_gate_key"),
+    ] {
+        let path = format!("/run/secrets/{secret}");
+        assert_eq!(tls[field].as_str(), Some(path.as_str()), "tls.{field}");
+        assert!(traefik_secrets.contains(&path), "Traefik mounts {path}");
+    }
+    // The login pages reach the same listener: https, with the same CA and client certificate.
+    let transports = toml_file(&compose_dir().join("config/traefik/dynamic/transports.toml"));
+    let transport = &transports["http"]["serversTransports"]["jacker-gate"];
+    assert_eq!(transport["serverName"].as_str(), Some("jacker-gate"));
+    assert_eq!(transport["rootCAs"][0].as_str(), tls["ca"].as_str());
+    assert_eq!(
+        transport["certificates"][0]["certFile"].as_str(),
+        tls["cert"].as_str()
+    );
+    assert_eq!(
+        transport["certificates"][0]["keyFile"].as_str(),
+        tls["key"].as_str()
+    );
+    let label = |k: &str| {
+        service("jacker-gate")["labels"]
+            [format!("traefik.http.services.jacker-gate.loadbalancer.{k}")]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    };
+    assert_eq!(label("server.port"), "8443");
+    assert_eq!(label("server.scheme"), "https");
+    assert_eq!(label("serverstransport"), "jacker-gate@file");
     assert_eq!(fa["trustForwardHeader"].as_bool(), Some(false));
     let headers: Vec<&str> = fa["authResponseHeaders"]
         .as_array()
@@ -637,6 +732,7 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     );
     let public = &mw["jacker-gate-public"]["forwardAuth"];
     assert_eq!(public["address"], fa["address"]);
+    assert_eq!(public["tls"], fa["tls"]);
     assert_eq!(public["trustForwardHeader"].as_bool(), Some(false));
     // Every forwardAuth middleware lists the identity headers, public ones included: Traefik
     // removes a client's own copies only of the headers listed (SPEC "Identity headers are the
@@ -816,7 +912,18 @@ fn the_gate_trusts_only_traefik_and_reads_its_secrets_from_mounted_files() {
     assert_eq!(gate["session"]["store"].as_str(), Some("redis"));
     assert_eq!(gate["crowdsec"]["mode"].as_str(), Some("stream"));
     assert_eq!(gate["auth"]["provider"].as_str(), Some("google"));
-    assert_eq!(gate["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(gate["server"]["listen"].as_str(), Some("0.0.0.0:8443"));
+    for (key, secret) in [
+        ("tls_cert_file", "gate_tls_cert"),
+        ("tls_key_file", "gate_tls_key"),
+        ("tls_client_ca_file", "jacker_ca_cert"),
+    ] {
+        assert_eq!(
+            gate["server"][key].as_str(),
+            Some(format!("/run/secrets/{secret}").as_str()),
+            "server.{key}"
+        );
+    }
     assert!(gate["session"]["redis_url"]
         .as_str()
         .unwrap()
@@ -889,6 +996,7 @@ fn run_secrets_script(dir: &Path) -> Output {
         .env("GATE_BIN", GATE)
         .env("OAUTH_CLIENT_SECRET", "GOCSPX-test-client-secret")
         .env_remove("ALERTMANAGER_SLACK_WEBHOOK_URL")
+        .env_remove("GATE_TLS_NAMES")
         .stdin(Stdio::null()))
 }
 
@@ -946,16 +1054,29 @@ fn the_secrets_script_creates_private_random_files_and_keeps_existing_ones() {
         let entry = entry.unwrap();
         let meta = entry.metadata().unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        // Certificates are public; everything else is for its reader alone.
+        let mode = if name.ends_with("_cert") {
+            0o644
+        } else {
+            0o600
+        };
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         let value = read(&entry.path());
+        let pem = value.starts_with("-----BEGIN ");
         assert!(
-            !value.is_empty() && !value.ends_with('\n'),
+            !value.is_empty() && (pem || !value.ends_with('\n')),
             "{name}: {value:?}"
         );
         values.insert(value);
         count += 1;
     }
-    assert_eq!(count, config()["secrets"].as_object().unwrap().len());
+    // Every declared secret, and the CA's key, which no container mounts.
+    assert_eq!(count, config()["secrets"].as_object().unwrap().len() + 1);
+    assert!(dir.join("jacker_ca_key").exists());
+    assert!(!config()["secrets"]
+        .as_object()
+        .unwrap()
+        .contains_key("jacker_ca_key"));
     assert_eq!(values.len(), count, "every value differs");
     let hex = read(&dir.join("postgres_password"));
     assert!(
@@ -990,6 +1111,149 @@ fn the_secrets_script_creates_private_random_files_and_keeps_existing_ones() {
         cookie,
         "kept on a second run"
     );
+}
+
+fn openssl(args: &[&str], file: &Path) -> Output {
+    run(Command::new("openssl").args(args).arg(file))
+}
+
+/// Whether `openssl verify` accepts `cert` as issued by `ca` for `purpose` (sslserver, sslclient).
+fn issued_by(ca: &Path, cert: &Path, purpose: &str) -> bool {
+    let ca = ca.to_str().unwrap();
+    openssl(&["verify", "-purpose", purpose, "-CAfile", ca], cert)
+        .status
+        .success()
+}
+
+/// Whether `cert` is valid for the host `name` (or the address, with `-checkip`).
+fn valid_for(cert: &Path, check: &str, name: &str) -> bool {
+    let out = openssl(&["x509", "-noout", check, name, "-in"], cert);
+    text(&out).contains("does match")
+}
+
+const HOP_CERTS: [(&str, &str, &str); 3] = [
+    ("gate_tls_cert", "gate_tls_key", "sslserver"),
+    ("traefik_gate_cert", "traefik_gate_key", "sslclient"),
+    ("prometheus_gate_cert", "prometheus_gate_key", "sslclient"),
+];
+
+/// The forwardAuth hop's TLS: a CA, the gate's server certificate for `jacker-gate`, client
+/// certificates for Traefik and Prometheus; each issued again only when it no longer fits.
+#[test]
+fn the_secrets_script_issues_the_hops_certificates_and_renews_only_what_no_longer_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("secrets");
+    let secrets = |names: Option<&str>| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(compose_dir().join("secrets.sh"))
+            .arg(&dir)
+            .env("GATE_BIN", GATE)
+            .env("OAUTH_CLIENT_SECRET", "GOCSPX-test-client-secret")
+            .env_remove("GATE_TLS_NAMES")
+            .stdin(Stdio::null());
+        if let Some(names) = names {
+            cmd.env("GATE_TLS_NAMES", names);
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "secrets.sh: {}", text(&out));
+        text(&out)
+    };
+    let snapshot = || -> BTreeMap<&str, String> {
+        HOP_CERTS
+            .iter()
+            .flat_map(|(c, k, _)| [*c, *k])
+            .chain(["jacker_ca_cert", "jacker_ca_key"])
+            .map(|n| (n, read(&dir.join(n))))
+            .collect()
+    };
+    let said = secrets(None);
+    assert!(
+        said.contains("certificates issued: jacker_ca_cert gate_tls_cert traefik_gate_cert prometheus_gate_cert"),
+        "{said}"
+    );
+    let ca = dir.join("jacker_ca_cert");
+    for (cert, _, purpose) in HOP_CERTS {
+        assert!(
+            issued_by(&ca, &dir.join(cert), purpose),
+            "{cert} for {purpose}"
+        );
+    }
+    // A client certificate cannot serve, nor the server's authenticate a client.
+    assert!(!issued_by(&ca, &dir.join("traefik_gate_cert"), "sslserver"));
+    assert!(!issued_by(&ca, &dir.join("gate_tls_cert"), "sslclient"));
+    let gate = dir.join("gate_tls_cert");
+    assert!(valid_for(&gate, "-checkhost", "jacker-gate"));
+    assert!(!valid_for(&gate, "-checkhost", "traefik"));
+    assert!(!valid_for(&gate, "-checkip", "127.0.0.1"));
+    let ca_text = text(&openssl(&["x509", "-noout", "-text", "-in"], &ca));
+    assert!(ca_text.contains("CA:TRUE, pathlen:0"), "{ca_text}");
+    assert!(ca_text.contains("prime256v1"), "ECDSA P-256: {ca_text}");
+
+    // Nothing to do: nothing changes.
+    let first = snapshot();
+    let said = secrets(None);
+    assert!(!said.contains("certificates issued"), "{said}");
+    assert_eq!(snapshot(), first);
+
+    // Another name for the gate: its certificate alone is issued again, for the same key.
+    let said = secrets(Some("jacker-gate 127.0.0.1"));
+    assert!(
+        said.contains("certificates issued: gate_tls_cert\n"),
+        "{said}"
+    );
+    let second = snapshot();
+    for (name, value) in &first {
+        assert_eq!(*name == "gate_tls_cert", second[name] != *value, "{name}");
+    }
+    assert!(valid_for(&gate, "-checkip", "127.0.0.1"));
+    assert!(valid_for(&gate, "-checkhost", "jacker-gate"));
+
+    // A certificate that does not belong to its key (here: another's) is issued again.
+    std::fs::copy(
+        dir.join("prometheus_gate_cert"),
+        dir.join("traefik_gate_cert"),
+    )
+    .unwrap();
+    let said = secrets(Some("jacker-gate 127.0.0.1"));
+    assert!(
+        said.contains("certificates issued: traefik_gate_cert\n"),
+        "{said}"
+    );
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(dir.join("traefik_gate_cert")));
+    let key = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(dir.join("traefik_gate_key")));
+    assert_eq!(text(&out), text(&key));
+
+    // A new CA (the old one deleted): every certificate is issued again, by it.
+    std::fs::remove_file(dir.join("jacker_ca_cert")).unwrap();
+    std::fs::remove_file(dir.join("jacker_ca_key")).unwrap();
+    let said = secrets(None);
+    assert!(
+        said.contains("certificates issued: jacker_ca_cert gate_tls_cert traefik_gate_cert prometheus_gate_cert"),
+        "{said}"
+    );
+    assert_ne!(read(&ca), first["jacker_ca_cert"]);
+    for (cert, key, purpose) in HOP_CERTS {
+        assert!(issued_by(&ca, &dir.join(cert), purpose), "{cert}");
+        assert_eq!(read(&dir.join(key)), first[key], "{key} kept");
+    }
+    if running_as_root() {
+        for (name, uid) in [
+            ("gate_tls_key", 65532),
+            ("traefik_gate_key", 0),
+            ("prometheus_gate_key", 65534),
+            ("jacker_ca_key", 0),
+        ] {
+            assert_eq!(
+                std::fs::metadata(dir.join(name)).unwrap().uid(),
+                uid,
+                "{name}"
+            );
+        }
+    }
 }
 
 /// Whether this process runs as root (the owner of a file it just created tells).
@@ -1070,6 +1334,37 @@ fn validate_names_each_problem_and_its_fix() {
     assert!(said.contains("ok    jacker-gate check-config"), "{said}");
     assert_eq!(failures.len(), 1, "{said}");
     assert_eq!(out.status.code(), Some(failures.len() as i32));
+    for (cert, _, _) in HOP_CERTS {
+        assert!(
+            said.contains(&format!("ok    certificate {cert} (until ")),
+            "{said}"
+        );
+    }
+
+    // The hop's certificates: one from another CA, one on another's key, both named with the fix.
+    let other = tmp.path().join("other");
+    assert!(run_secrets_script(&other).status.success());
+    std::fs::copy(other.join("gate_tls_cert"), secrets.join("gate_tls_cert")).unwrap();
+    std::fs::copy(
+        secrets.join("traefik_gate_cert"),
+        secrets.join("prometheus_gate_cert"),
+    )
+    .unwrap();
+    let said = text(&validate(&env, &secrets));
+    assert!(
+        said.contains("FAIL  certificate gate_tls_cert is not issued by jacker_ca_cert"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "FAIL  certificate prometheus_gate_cert does not match its key prometheus_gate_key"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("&& ") && said.contains("secrets.sh"),
+        "{said}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1079,9 +1374,37 @@ fn validate_names_each_problem_and_its_fix() {
 fn promtool_accepts_the_prometheus_config_and_rules_and_their_unit_tests() {
     let promtool = tool("promtool");
     let dir = compose_dir().join("config/prometheus");
+    // promtool opens the TLS files the config names: a copy with the secrets at their place here,
+    // after checking that the shipped config names only secrets the container mounts.
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets");
+    assert!(run_secrets_script(&secrets).status.success());
+    let shipped = read(&dir.join("prometheus.yml"));
+    let mounted = strs_of_secret_targets("prometheus");
+    for (_, rest) in shipped
+        .match_indices("/run/secrets/")
+        .map(|(i, _)| shipped.split_at(i))
+    {
+        let path = rest.split_whitespace().next().unwrap();
+        assert!(mounted.contains(path), "Prometheus mounts {path}");
+    }
+    let copy = tmp.path().join("prometheus");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(
+        copy.join("prometheus.yml"),
+        shipped.replace("/run/secrets/", &format!("{}/", secrets.display())),
+    )
+    .unwrap();
+    for sub in ["rules", "file_sd"] {
+        std::fs::create_dir(copy.join(sub)).unwrap();
+        for e in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let path = e.unwrap().path();
+            std::fs::copy(&path, copy.join(sub).join(path.file_name().unwrap())).unwrap();
+        }
+    }
     let out = run(Command::new(&promtool)
         .args(["check", "config"])
-        .arg(dir.join("prometheus.yml")));
+        .arg(copy.join("prometheus.yml")));
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("3 rule files found"), "{}", text(&out));
     let rules: Vec<PathBuf> = std::fs::read_dir(dir.join("rules"))
@@ -1099,7 +1422,7 @@ fn promtool_accepts_the_prometheus_config_and_rules_and_their_unit_tests() {
     // Every scrape target the stack runs is in the config.
     let prom = read(&dir.join("prometheus.yml"));
     for target in [
-        "jacker-gate:8080",
+        "jacker-gate:8443",
         "traefik:8082",
         "crowdsec:6060",
         "node-exporter:9100",
@@ -1311,23 +1634,68 @@ fn prom_query(port: u16, query: &str) -> Option<Value> {
 }
 
 #[test]
-fn a_real_prometheus_scrapes_a_running_gate() {
+fn a_real_prometheus_scrapes_a_running_gate_over_mutual_tls() {
     let prometheus = tool("prometheus");
     let tmp = tempfile::tempdir().unwrap();
-    let (_gate, gate_port) = start_gate(tmp.path());
-    drive_gate(gate_port);
+    // The deployment's listener: TLS with the certificates secrets.sh makes, client CA required.
+    let secrets = tmp.path().join("secrets");
+    let out = run_secrets_script(&secrets);
+    assert!(out.status.success(), "secrets.sh: {}", text(&out));
+    let shipped_gate = toml_file(&compose_dir().join("config/jacker-gate/jacker-gate.toml"));
+    let server: String = ["tls_cert_file", "tls_key_file", "tls_client_ca_file"]
+        .iter()
+        .map(|key| {
+            let path = shipped_gate["server"][key].as_str().expect(key);
+            format!(
+                "{key} = {:?}\n",
+                path.replace("/run/secrets/", &format!("{}/", secrets.display()))
+            )
+        })
+        .collect();
+    let gate_port = free_port();
+    let _gate = spawn_gate(tmp.path(), gate_port, &server);
+    let ca = secrets.join("jacker_ca_cert");
+    let (prom_cert, prom_key) = (
+        secrets.join("prometheus_gate_cert"),
+        secrets.join("prometheus_gate_key"),
+    );
+    let prom_identity = Some((prom_cert.as_path(), prom_key.as_path()));
+    wait_for("jacker-gate /healthz", Duration::from_secs(20), || {
+        matches!(
+            https_get(gate_port, "/healthz", &[], &ca, None),
+            Ok((200, _))
+        )
+    });
+    // Without a client certificate, /healthz alone; with Prometheus's, decisions and metrics.
+    let refused = https_get(gate_port, "/metrics", &[], &ca, None);
+    assert!(!matches!(refused, Ok((200, _))), "{refused:?}");
+    for _ in 0..5 {
+        let (status, _) = https_get(gate_port, "/auth", &FORWARD_AUTH, &ca, prom_identity)
+            .expect("GET /auth with a client certificate");
+        assert_eq!(status, 200, "a gate without login or CrowdSec allows");
+    }
 
-    // The deployment's jacker-gate job, pointed at the test's gate, scraped every second.
+    // The deployment's jacker-gate job, as shipped but for the target (the test's gate) and the
+    // secrets' directory, scraped every second.
     let shipped = read(&compose_dir().join("config/prometheus/prometheus.yml"));
-    assert!(shipped.contains("- job_name: jacker-gate\n    metrics_path: /metrics"));
+    let job: String = shipped
+        .split_inclusive('\n')
+        .skip_while(|l| l.trim() != "- job_name: jacker-gate")
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with("- job_name:"))
+        .map(|(_, l)| l)
+        .collect();
+    assert!(job.contains("scheme: https"), "{job}");
+    let job = job
+        .replace("jacker-gate:8443", &format!("127.0.0.1:{gate_port}"))
+        .replace("/run/secrets/", &format!("{}/", secrets.display()));
     let prom_port = free_port();
     let cfg = tmp.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: jacker-gate\n    metrics_path: /metrics\n    \
-             static_configs:\n      - targets: [\"127.0.0.1:{gate_port}\"]\n"
+             scrape_configs:\n{job}"
         ),
     )
     .unwrap();

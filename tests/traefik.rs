@@ -1063,6 +1063,44 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
     );
 
     let ca = support::crowdsec::pki::TestCa::new("jacker-gate test CA");
+    // The hop's TLS as compose/secrets.sh makes it, the gate's certificate also valid for the
+    // loopback address the middleware dials here (the deployment dials `jacker-gate`).
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let made = std::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/secrets.sh"))
+        .arg(secrets.path().join("s"))
+        .env("GATE_BIN", env!("CARGO_BIN_EXE_jacker-gate"))
+        .env("GATE_TLS_NAMES", "jacker-gate 127.0.0.1")
+        .env("OAUTH_CLIENT_SECRET", "unused")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run compose/secrets.sh");
+    assert!(made.status.success(), "{made:?}");
+    let secrets = secrets.path().join("s");
+    let at_secrets = |text: &str| text.replace("/run/secrets/", &format!("{}/", secrets.display()));
+    let shipped_gate: toml::Table = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("compose/config/jacker-gate/jacker-gate.toml"),
+    )
+    .expect("read the deployment's gate config")
+    .parse()
+    .expect("TOML");
+    let gate_tls: String = ["tls_cert_file", "tls_key_file", "tls_client_ca_file"]
+        .iter()
+        .map(|key| {
+            let path = shipped_gate["server"][key].as_str().expect(key);
+            format!("{key} = {:?}\n", at_secrets(path))
+        })
+        .collect();
+    let auth_yml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/auth.yml"),
+    )
+    .expect("read auth.yml");
+    assert!(
+        auth_yml.contains("loadbalancer.serverstransport: jacker-gate@file")
+            && auth_yml.contains("loadbalancer.server.scheme: https"),
+        "the login pages' service reaches the TLS listener"
+    );
     let websecure = reserve_port();
     let metrics = reserve_port();
     let routers = compose_routers();
@@ -1086,9 +1124,11 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
                 .join("compose/config/traefik/dynamic");
             for entry in std::fs::read_dir(shipped).expect("dynamic dir") {
                 let path = entry.expect("entry").path();
-                let text = std::fs::read_to_string(&path)
-                    .expect("read dynamic file")
-                    .replace("http://jacker-gate:8080", &gate.url());
+                let text = at_secrets(
+                    &std::fs::read_to_string(&path)
+                        .expect("read dynamic file")
+                        .replace("https://jacker-gate:8443", &gate.url()),
+                );
                 let name = path
                     .file_name()
                     .expect("name")
@@ -1096,7 +1136,13 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
                     .into_owned();
                 setup = setup.dynamic_file(&name, &text);
             }
-            let mut labels = services(gate, upstream);
+            // The gate's service as auth.yml's labels define it: https, through the shipped
+            // serversTransport.
+            let mut labels = services(gate, upstream).replace(
+                "[[http.services.gate.loadBalancer.servers]]",
+                "[http.services.gate.loadBalancer]\nserversTransport = \"jacker-gate@file\"\n\
+                 [[http.services.gate.loadBalancer.servers]]",
+            );
             for (name, service, fields) in &compose_routers() {
                 let target = match (fields.get("service"), service.as_str()) {
                     (Some(s), _) => s.clone(),
@@ -1118,9 +1164,11 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
         },
         |g| {
             g.redirect_domains(&[&format!(".example.test:{websecure}")])
-                .extra("[[rules]]\nhost = \"authentik.example.test\"\npolicy = \"public\"\n")
+                .server(&format!("trusted_proxies = [\"127.0.0.1/32\"]\n{gate_tls}"))
+                .extra("[[rules]]\nhost = \"authentik.example.test\"\npolicy = \"public\"\n[log]\nlevel = \"jacker_gate=debug\"\n")
         },
     );
+    assert!(stack.gate.url().starts_with("https://"));
 
     let pem = std::fs::read(ca.cert()).expect("CA PEM");
     let browser = Browser::with(|b| {
@@ -1196,11 +1244,26 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
             assert!(!warning.contains(unwanted), "warning: {warning}");
         }
     }
-    for kind in ["routers", "middlewares"] {
+    for kind in ["routers", "middlewares", "services"] {
         let list = stack.traefik.api(&format!("http/{kind}"));
         for item in list.as_array().expect("list") {
             assert_eq!(item["status"], "enabled", "{kind}: {item}");
         }
+    }
+    // Every decision came over HTTP/2, with Traefik's client certificate (the gate requires one).
+    let decisions: Vec<String> = stack
+        .gate
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"decision\""))
+        .map(str::to_owned)
+        .collect();
+    assert!(!decisions.is_empty(), "{}", stack.logs());
+    for line in &decisions {
+        assert!(
+            line.contains("HTTP/2.0"),
+            "Traefik → gate over HTTP/2: {line}"
+        );
     }
 }
 
