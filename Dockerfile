@@ -19,11 +19,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/jacker-gate /usr/local/bin/jacker-gate
-# In a container the gate must listen on all interfaces; a config file's server.listen is
-# overridden by this (the environment wins over the file).
-ENV JACKER_GATE_SERVER__LISTEN=0.0.0.0:8080
+# In a container the gate must listen on all interfaces: the image's own config file says so. It
+# is a file, not a JACKER_GATE_SERVER__LISTEN variable, because the environment beats the file: a
+# variable here would silently override the listen address of the config a user mounts.
+COPY config/container.toml /etc/jacker-gate/jacker-gate.toml
+ENV JACKER_GATE_CONFIG=/etc/jacker-gate/jacker-gate.toml
 USER 65532:65532
-EXPOSE 8080
+# 8080 with the image's config; the compose deployment's config listens with TLS on 8443.
+EXPOSE 8080 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/jacker-gate", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/jacker-gate"]

@@ -1884,12 +1884,113 @@ fn the_dockerfile_builds_a_small_nonroot_image_with_the_gate_healthcheck() {
     assert!(d.contains("--locked"));
     assert_eq!(service("jacker-gate")["build"]["dockerfile"], "Dockerfile");
     let ignore = read(&repo().join(".dockerignore"));
-    for path in ["target", "compose/secrets", "compose/.env", ".git"] {
+    for path in [
+        "target",
+        "compose/secrets",
+        "compose/.env",
+        ".git",
+        "**/node_modules",
+    ] {
         assert!(
             ignore.lines().any(|l| l == path),
             ".dockerignore keeps {path} out"
         );
     }
+}
+
+/// The `ENV` lines of the Dockerfile's final stage.
+fn image_env() -> BTreeMap<String, String> {
+    let d = read(&repo().join("Dockerfile"));
+    let last_stage = d.rsplit("\nFROM ").next().unwrap();
+    last_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("ENV KEY=VALUE");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The listen address the gate gets in its container: the image's environment, then the
+/// service's, over the mounted config (as `run` reads them: `check-config` prints the result). It
+/// must be the port Traefik's middlewares and service, Prometheus and Blackbox dial; and the
+/// image's own config, used when nothing is mounted, listens on all interfaces.
+#[test]
+fn the_gate_in_its_container_listens_where_traefik_and_prometheus_dial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets");
+    assert!(run_secrets_script(&secrets).status.success());
+    let image = image_env();
+    assert!(
+        image.keys().all(|k| k == "JACKER_GATE_CONFIG"),
+        "the image sets no JACKER_GATE_* value that would beat a mounted file: {image:?}"
+    );
+    let mount = service("jacker-gate")["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| {
+            v["source"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("jacker-gate.toml")
+        })
+        .expect("the config is mounted")["target"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        image["JACKER_GATE_CONFIG"], mount,
+        "the mount replaces the image's config"
+    );
+
+    let config = tmp.path().join("jacker-gate.toml");
+    std::fs::write(
+        &config,
+        read(&compose_dir().join("config/jacker-gate/jacker-gate.toml"))
+            .replace("/run/secrets/", &format!("{}/", secrets.display())),
+    )
+    .unwrap();
+    let mut env = image.clone();
+    env.remove("JACKER_GATE_CONFIG");
+    env.extend(gate_env_from_compose());
+    let out = check_config(&config, &env);
+    assert!(out.status.success(), "check-config: {}", text(&out));
+    let effective: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    let listen = effective["server"]["listen"].as_str().unwrap().to_owned();
+    let port = listen.rsplit(':').next().unwrap();
+    assert_eq!(listen, format!("0.0.0.0:{port}"));
+    assert!(effective["server"].get("tls_cert_file").is_some());
+
+    let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
+    for mw in ["jacker-gate", "jacker-gate-public"] {
+        assert_eq!(
+            dynamic["http"]["middlewares"][mw]["forwardAuth"]["address"].as_str(),
+            Some(format!("https://jacker-gate:{port}/auth").as_str()),
+            "{mw}"
+        );
+    }
+    assert_eq!(
+        service("jacker-gate")["labels"]
+            ["traefik.http.services.jacker-gate.loadbalancer.server.port"],
+        port
+    );
+    let prom = read(&compose_dir().join("config/prometheus/prometheus.yml"));
+    assert!(
+        prom.contains(&format!("[\"jacker-gate:{port}\"]")),
+        "scrape target"
+    );
+    assert!(
+        prom.contains(&format!("https://jacker-gate:{port}/healthz")),
+        "probe"
+    );
+
+    // Nothing mounted: the image's own config.
+    let own = toml_file(&repo().join("config/container.toml"));
+    assert_eq!(own["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    let out = check_config(&repo().join("config/container.toml"), &BTreeMap::new());
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
