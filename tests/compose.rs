@@ -749,11 +749,22 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
             f["authResponseHeaders"], fa["authResponseHeaders"],
             "{name} must list the identity headers"
         );
-        assert!(
-            f.get("maxResponseBodySize")
-                .and_then(|v| v.as_integer())
-                .is_some_and(|n| n > 0),
+        // Traefik allocates this much for every call: small, yet above the largest page.
+        let bound = f.get("maxResponseBodySize").and_then(|v| v.as_integer());
+        assert_eq!(
+            bound,
+            Some(2 * jacker_gate::http::login::MAX_PAGE_BYTES as i64),
             "{name}: maxResponseBodySize"
+        );
+        // Only what the gate reads (browser or API client, and the session cookie).
+        assert_eq!(
+            f["authRequestHeaders"],
+            toml::Value::Array(
+                ["Accept", "Cookie", "X-Requested-With"]
+                    .map(|h| toml::Value::String(h.into()))
+                    .to_vec()
+            ),
+            "{name}: authRequestHeaders"
         );
     }
 

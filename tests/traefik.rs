@@ -137,7 +137,8 @@ fn middleware(name: &str, gate: &Gate, extra: &str) -> String {
 address = "{url}/auth"
 trustForwardHeader = false
 authResponseHeaders = ["X-Auth-Request-Email", "X-Auth-Request-User", "X-Forwarded-User"]
-maxResponseBodySize = 65536
+authRequestHeaders = ["Accept", "Cookie", "X-Requested-With"]
+maxResponseBodySize = 4096
 {extra}
 "#,
         url = gate.url()
@@ -1214,6 +1215,24 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
             );
         }
     }
+    // Through the shipped authRequestHeaders the gate still tells a browser (redirected to the
+    // login) from an API call or an XHR (401), and sees the session cookie (above).
+    let other_cookie = ("Cookie", "unrelated=1");
+    for (headers, want) in [
+        (vec![("Accept", "text/html"), other_cookie], 302),
+        (
+            vec![
+                ("Accept", "text/html"),
+                ("X-Requested-With", "XMLHttpRequest"),
+                other_cookie,
+            ],
+            401,
+        ),
+        (vec![("Accept", "application/json"), other_cookie], 401),
+    ] {
+        let page = browser.get(&home, &headers).await;
+        assert_eq!(page.status, want, "{headers:?}: {}", page.describe());
+    }
     // The gate's router exposes its pages and nothing else of it.
     for (path, want) in [
         ("/oauth2/userinfo", 200),
@@ -1701,7 +1720,8 @@ async fn forward_auth_over_tls_speaks_http2_to_the_gate() {
 address = "{url}/auth"
 trustForwardHeader = false
 authResponseHeaders = ["X-Auth-Request-Email", "X-Auth-Request-User", "X-Forwarded-User"]
-maxResponseBodySize = 65536
+authRequestHeaders = ["Accept", "Cookie", "X-Requested-With"]
+maxResponseBodySize = 4096
 [http.middlewares.gate.forwardAuth.tls]
 ca = {ca:?}
 cert = {cert:?}

@@ -18,6 +18,9 @@ much CPU everything else on the machine used during the run (a noisy run is flag
   python3 benches/load/run.py                 # full run: 100k decisions, 3 x 10 s per target
   python3 benches/load/run.py --smoke         # CI smoke: 1k decisions, 1 x 1 s per target
   python3 benches/load/run.py --memory        # RSS: idle, 100k and 1M decisions, 10-minute churn
+  python3 benches/load/run.py --traefik --plugin-src DIR
+                                              # through the real Traefik, against the CrowdSec
+                                              # plugin (see benches/load/traefik.py)
 
 Everything runs on 127.0.0.1 on free ports; every process started is stopped by its PID.
 """
@@ -98,12 +101,12 @@ def rss_mb(pid):
 class Proc:
     """A child process we started; stopped by its PID, never by name."""
 
-    def __init__(self, name, cmd, workdir, env=None):
+    def __init__(self, name, cmd, workdir, env=None, cwd=None):
         self.name = name
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.log = open(self.log_path, "wb")
         self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, cwd=cwd)
 
     @property
     def pid(self):
@@ -324,6 +327,28 @@ def build():
             os.path.join(rel, "examples", "mint_session"))
 
 
+def login_store(workdir, procs, gate_bin, mint_bin):
+    """A Redis on a free port with one session in it: (its Proc, the gate's login settings
+    without cache_ttl, the session's cookie value)."""
+    redis_port = free_port()
+    redis = Proc("redis", [need("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no"], workdir)
+    procs.append(redis)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    wait_until("redis", lambda: _can_connect(redis_port), 10)
+    cookie_secret = os.path.join(workdir, "cookie_secret")
+    with open(cookie_secret, "w") as f:
+        f.write(subprocess.run([gate_bin, "gen-secret"], capture_output=True, text=True,
+                               check=True).stdout)
+    client_secret = os.path.join(workdir, "client_secret")
+    with open(client_secret, "w") as f:
+        f.write("unused-by-the-load-run")
+    cookie = subprocess.run([mint_bin, redis_url, cookie_secret], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    login = dict(client_secret=client_secret, redis_url=redis_url, cookie_secret=cookie_secret)
+    return redis, login, cookie
+
+
 def throughput(args):
     gate_bin, bare_bin, mint_bin = build()
     procs = []
@@ -337,24 +362,8 @@ def throughput(args):
         lapi.import_bans(args.decisions, prefix=1)
         print(f"imported {args.decisions} decisions in {time.time() - t:.1f} s", flush=True)
 
-        redis_port = free_port()
-        redis = Proc("redis", [need("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], workdir)
-        procs.append(redis)
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        wait_until("redis", lambda: _can_connect(redis_port), 10)
-        cookie_secret = os.path.join(workdir, "cookie_secret")
-        with open(cookie_secret, "w") as f:
-            f.write(subprocess.run([gate_bin, "gen-secret"], capture_output=True, text=True,
-                                   check=True).stdout)
-        client_secret = os.path.join(workdir, "client_secret")
-        with open(client_secret, "w") as f:
-            f.write("unused-by-the-load-run")
-        cookie = subprocess.run([mint_bin, redis_url, cookie_secret], capture_output=True, text=True,
-                                check=True).stdout.strip()
-
+        _redis, login, cookie = login_store(workdir, procs, gate_bin, mint_bin)
         base = dict(binary=gate_bin, key_file=key_file, lapi_url=lapi.url)
-        login = dict(client_secret=client_secret, redis_url=redis_url, cookie_secret=cookie_secret)
         g_public, p_public = start_gate("gate-public", workdir, procs, per_second=10_000_000,
                                         burst=10_000_000, **base)
         g_limited, p_limited = start_gate("gate-limited", workdir, procs, per_second=1, burst=1, **base)
@@ -539,12 +548,34 @@ def main():
     ap.add_argument("--pool", type=int, default=100_000)
     ap.add_argument("--churn-seconds", type=int, default=600)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--traefik", action="store_true",
+                    help="through the real Traefik, against the CrowdSec plugin (traefik.py)")
+    ap.add_argument("--plugin-src", help="with --traefik: a checkout of the CrowdSec bouncer plugin")
+    ap.add_argument("--paths", default="alone,plugin,fa-h1,fa-h2,fa-mtls,login",
+                    help="with --traefik: the paths to measure (plugin is the reference)")
+    ap.add_argument("--max-response-body", type=int, default=4096,
+                    help="with --traefik: the forwardAuth middlewares' maxResponseBodySize")
+    ap.add_argument("--auth-request-headers", default="Accept,Cookie,X-Requested-With",
+                    help="with --traefik: the forwardAuth middlewares' authRequestHeaders "
+                         "(comma-separated; empty: all of the client's headers)")
+    ap.add_argument("--profile", help="with --traefik: write perf and pprof profiles here")
+    ap.add_argument("--concurrency", default="64,2",
+                    help="with --traefik: wrk connections, comma-separated (default 64,2)")
     args = ap.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.paths = args.paths.split(",")
+    args.auth_request_headers = [h for h in args.auth_request_headers.split(",") if h]
+    if "plugin" not in args.paths:
+        args.paths.insert(0, "plugin")
     if args.smoke:
         args.reps, args.seconds, args.decisions, args.pool = 1, 1, 1_000, 1_000
     for tool in ("wrk", "crowdsec", "cscli", "redis-server", "nginx"):
         need(tool)
-    if args.memory:
+    if args.traefik:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import traefik
+        traefik.throughput(args)
+    elif args.memory:
         memory(args)
     else:
         throughput(args)

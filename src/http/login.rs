@@ -91,11 +91,26 @@ pub fn login_off_page() -> Response<Body> {
     )
 }
 
+/// The most a page of the gate weighs, in bytes. Traefik's forwardAuth reads the answer's body
+/// into a buffer of `maxResponseBodySize` bytes allocated for every call, and answers 500 when
+/// the body is larger; the deployment sets 4096, twice this bound, so that the buffer stays small
+/// and every page fits it, whatever address or URL it shows.
+pub const MAX_PAGE_BYTES: usize = 2048;
+
 fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head><body><h1>{title}</h1>{body_html}</body></html>\n",
-        title = escape_html(title)
-    );
+    let render = |body_html: &str| {
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head><body><h1>{title}</h1>{body_html}</body></html>\n",
+            title = escape_html(title)
+        )
+    };
+    let mut html = render(body_html);
+    if html.len() > MAX_PAGE_BYTES {
+        // Only a very long configured URL or address gets here: the title alone still says what
+        // happened, and the status is unchanged.
+        html = render("");
+        html.truncate(MAX_PAGE_BYTES);
+    }
     let mut resp = Response::new(Full::new(Bytes::from(html)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -533,5 +548,44 @@ impl Login {
                 ),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_len(resp: Response<Body>) -> usize {
+        resp.into_body().collect().await.unwrap().to_bytes().len()
+    }
+
+    #[tokio::test]
+    async fn a_page_never_outgrows_the_bound_traefik_reads() {
+        for n in [0, 100, 1000, 1900, 2048, 5000, 100_000] {
+            // `&` becomes `&amp;`: five times the bytes once escaped.
+            let shown = escape_html(&"&".repeat(n));
+            let resp = page(StatusCode::OK, "Signed out", &format!("<p>{shown}</p>"));
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(body_len(resp).await <= MAX_PAGE_BYTES, "{n}");
+        }
+        let resp = page(StatusCode::FORBIDDEN, &"t".repeat(5000), "");
+        assert!(body_len(resp).await <= MAX_PAGE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_page_with_the_longest_address_and_a_long_url_is_shown_whole() {
+        // RFC 5321 caps an address at 254 bytes; a public URL of 200 bytes is already unusual.
+        let email = format!("{}@{}.example", "a".repeat(64), "b".repeat(180));
+        let url = format!("https://{}.example.com/oauth2/sign_out", "c".repeat(160));
+        let body = format!(
+            "<p>Signed in as <b>{}</b>.</p><form method=\"post\" action=\"{}\"><button type=\"submit\">Sign out</button></form>",
+            escape_html(&email),
+            escape_html(&url)
+        );
+        let resp = page(StatusCode::OK, "jacker-gate", &body);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8_lossy(&bytes);
+        assert!(html.contains(&email) && html.contains(&url), "{html}");
     }
 }
