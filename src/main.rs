@@ -102,6 +102,7 @@ fn run(flag: Option<PathBuf>, env: &[(String, String)]) -> ExitCode {
         tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads)
         .enable_all()
         .build()
     {

@@ -49,6 +49,10 @@ pub struct Server {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Threads of the async runtime that serves requests (1 to 1024). One is the fastest in
+    /// front of Traefik, which sends every call over one HTTP/2 connection: with two, its
+    /// streams bounce between threads (measured: 16.7 µs of CPU per call instead of 10.4).
+    pub worker_threads: usize,
     /// PEM certificate chain and key of a TLS listener (HTTP/2 and HTTP/1.1 by ALPN); both or
     /// neither.
     pub tls_cert_file: Option<PathBuf>,
@@ -220,6 +224,7 @@ impl Default for Config {
                 max_header_bytes: 32 * 1024,
                 header_read_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
+                worker_threads: 1,
                 tls_cert_file: None,
                 tls_key_file: None,
                 tls_client_ca_file: None,
@@ -730,6 +735,9 @@ fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     if let Some(v) = s.get("max_connections", cx, |v, e| ranged(v, e, 1, 1_000_000)) {
         c.server.max_connections = v;
     }
+    if let Some(v) = s.get("worker_threads", cx, |v, e| ranged(v, e, 1, 1024)) {
+        c.server.worker_threads = v;
+    }
     // Whether each TLS key was written, whatever its value turned out to be: a file that cannot
     // be read is one problem, not also a missing partner.
     let given = |k: &str| s.table.contains_key(k);
@@ -1186,6 +1194,10 @@ impl Config {
         t.insert(
             "max_connections".into(),
             Value::Integer(self.server.max_connections as i64),
+        );
+        t.insert(
+            "worker_threads".into(),
+            Value::Integer(self.server.worker_threads as i64),
         );
         opt_path(
             &mut t,

@@ -50,6 +50,7 @@ trusted_proxies = ["192.168.71.0/24", "::ffff:10.0.0.0/104"]
 max_header_bytes = 16384
 header_read_timeout = "5s"
 max_connections = 500
+worker_threads = 4
 
 [crowdsec]
 lapi_url = "http://crowdsec:8080"
@@ -171,6 +172,17 @@ a = 1
         assert_has(&errs, key);
     }
     assert_eq!(errs.len(), 18, "{errs:#?}");
+}
+
+#[test]
+fn worker_threads_is_one_by_default_and_bounded() {
+    assert_eq!(parse("", &[]).unwrap().server.worker_threads, 1);
+    for bad in ["0", "1025", "\"2\""] {
+        let errs = errors(&format!("[server]\nworker_threads = {bad}\n"), &[]);
+        assert_has(&errs, "server.worker_threads");
+    }
+    let errs = errors("", &[("JACKER_GATE_SERVER__WORKER_THREADS", "0")]);
+    assert_has(&errs, "must be between 1 and 1024");
 }
 
 #[test]
