@@ -18,7 +18,8 @@ async fn ok(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>
     Ok(Response::new(Full::new(Bytes::new())))
 }
 
-#[tokio::main]
+// One worker thread, as the gate's default `server.worker_threads`.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)

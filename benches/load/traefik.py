@@ -10,6 +10,7 @@ hyper server); each path under test is one router:
   fa-h2         forwardAuth -> jacker-gate over TLS (Traefik negotiates HTTP/2)
   fa-mtls       the same with a client certificate, as the compose deployment runs it
   login         fa-mtls on a route that needs a login, with a valid session (Redis store)
+  fa-mtls-2t    (only when asked for with --paths) fa-mtls to a gate with worker_threads = 2
 
 Every gate and the plugin sync the same N decisions from one real CrowdSec LAPI; clients come
 from a pool of addresses through X-Forwarded-For, which Traefik's entrypoint trusts from
@@ -42,7 +43,7 @@ LUA = os.path.join(base.ROOT, "benches", "load", "traefik.lua")
 TRAEFIK = os.path.join(os.environ.get("HOME", "/root"), ".cache", "jacker-gate", "traefik-3.7.15",
                        "bin", "traefik")
 PLUGIN_MODULE = "github.com/maxlerebourg/crowdsec-bouncer-traefik-plugin"
-PATHS = ["alone", "plugin", "fa-h1", "fa-h2", "fa-mtls", "login"]
+PATHS = ["alone", "plugin", "fa-h1", "fa-h2", "fa-mtls", "login", "fa-mtls-2t"]
 
 
 def tcp_active_opens():
@@ -74,9 +75,11 @@ def make_pki(d):
                                  ("client_cert", "traefik.pem"), ("client_key", "traefik.key"))}
 
 
-def start_gate(name, workdir, procs, binary, tls=None, login=None, **kw):
+def start_gate(name, workdir, procs, binary, tls=None, login=None, threads=None, **kw):
     port = base.free_port()
     cfg = base.gate_config(port, login=login, **kw)
+    if threads:
+        cfg = cfg.replace("[server]\n", f"[server]\nworker_threads = {threads}\n", 1)
     if tls:
         server = f'tls_cert_file = "{tls["cert"]}"\ntls_key_file = "{tls["key"]}"\n'
         if tls.get("client_ca"):
@@ -143,7 +146,8 @@ maxResponseBodySize = {max_body}
         return mw
 
     routers = {"alone": [], "plugin": ["crowdsec", "ratelimit"], "fa-h1": ["fa-h1"],
-               "fa-h2": ["fa-h2"], "fa-mtls": ["fa-mtls"], "login": ["fa-login"]}
+               "fa-h2": ["fa-h2"], "fa-mtls": ["fa-mtls"], "login": ["fa-login"],
+               "fa-mtls-2t": ["fa-mtls-2t"]}
     with open(dynamic, "w") as f:
         f.write(f"""[[http.services.upstream.loadBalancer.servers]]
 url = "http://127.0.0.1:{upstream}"
@@ -167,6 +171,7 @@ depth = 1
         f.write(fa("fa-h1", gates["fa-h1"], None))
         f.write(fa("fa-h2", gates["fa-h2"], "tls"))
         f.write(fa("fa-mtls", gates["fa-mtls"], "mtls"))
+        f.write(fa("fa-mtls-2t", gates["fa-mtls-2t"], "mtls"))
         f.write(fa("fa-login", gates["login"], "mtls"))
         for name, mws in routers.items():
             f.write(f"""
@@ -268,7 +273,8 @@ def throughput(args):
         gates = {}
         gate_pids = {}
         for name, kw in (("fa-h1", {}), ("fa-h2", {"tls": tls}), ("fa-mtls", {"tls": mtls}),
-                         ("login", {"tls": mtls, "login": login})):
+                         ("login", {"tls": mtls, "login": login}),
+                         ("fa-mtls-2t", {"tls": mtls, "threads": 2})):
             proc, url = start_gate(f"gate-{name}", workdir, procs, **common, **kw)
             gates[name], gate_pids[name] = url, proc.pid
 
