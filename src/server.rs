@@ -257,8 +257,14 @@ fn http2_builder(config: &Config) -> http2::Builder<hyper_util::rt::TokioExecuto
     let mut builder = http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
+        // Go's client opens another connection when a peer's limit is reached, so this bounds
+        // what one connection holds (streams x header list) without limiting Traefik.
+        .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(max_buf as u32)
+        // Traefik resets a call's stream when its client goes away; a burst of departing
+        // clients must not reach h2's rapid-reset guard (CVE-2023-44487, default 20 pending)
+        // and close the one connection every call shares. Still bounded per connection.
+        .max_pending_accept_reset_streams(MAX_STREAMS as usize)
         // SETTINGS_HEADER_TABLE_SIZE 0 (RFC 7541 §4.2, RFC 9113 §6.5.2): the client's HPACK
         // encoder indexes nothing. Each call carries a new client address and URI, so indexing
         // mostly evicts; Go's encoder spends a tenth of Traefik's forwardAuth CPU on it.
@@ -266,6 +272,21 @@ fn http2_builder(config: &Config) -> http2::Builder<hyper_util::rt::TokioExecuto
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }
+
+/// HTTP/2 for connections without the client certificate the CA requires: enough for a
+/// liveness probe and no more, whatever the peer asks for.
+fn http2_health_builder() -> http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder = http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(2)
+        .max_header_list_size(8192)
+        .header_table_size(0);
+    builder
+}
+
+/// Streams one HTTP/2 connection serves at once.
+const MAX_STREAMS: u32 = 256;
 
 /// The TLS listener: each connection's handshake (bounded by `header_read_timeout`), then
 /// HTTP/2 or HTTP/1.1 as ALPN chose (HTTP/1.1 without ALPN). Returns once `shutdown` has
@@ -280,17 +301,25 @@ pub async fn serve_tls(
 ) {
     let h1 = Arc::new(http1_builder(config));
     let h2 = Arc::new(http2_builder(config));
+    let h2_health = Arc::new(http2_health_builder());
     let handshake_timeout = config.server.header_read_timeout;
     // Unix seconds of the last "handshake failed" warning: a client Traefik cannot complete a
     // handshake with shows there as a 500, so the reason belongs in the log, once a minute.
     let warned = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let health_only_slots = Arc::new(Semaphore::new(HEALTH_ONLY_CONNECTIONS));
+    let loopback_health_slots = Arc::new(Semaphore::new(LOOPBACK_HEALTH_CONNECTIONS));
     accept_loop(listener, config, shutdown, move |stream, peer_ip, watcher| {
         let warned = warned.clone();
-        let health_only_slots = health_only_slots.clone();
+        // The container's own healthcheck dials loopback: its slots are not the ones any peer
+        // on the network can fill.
+        let health_only_slots = if peer_ip.to_canonical().is_loopback() {
+            loopback_health_slots.clone()
+        } else {
+            health_only_slots.clone()
+        };
         let app = app.clone();
         let acceptor = acceptor.clone();
-        let (h1, h2) = (h1.clone(), h2.clone());
+        let (h1, h2, h2_health) = (h1.clone(), h2.clone(), h2_health.clone());
         let tls_files = tls.clone();
         async move {
             // A peer that does not finish its handshake in time, or presents a certificate the
@@ -315,7 +344,8 @@ pub async fn serve_tls(
                 Err(_) => return,
             };
             // Without the client certificate the CA requires, only the liveness probe is
-            // answered; any other request ends the connection unanswered.
+            // answered; any other request is refused (HTTP/1.1: the connection ends; HTTP/2:
+            // the stream is reset).
             let health_only =
                 tls_files.requires_client_cert() && tls.get_ref().1.peer_certificates().is_none();
             // Such connections are few and short-lived, so that clients without a certificate
@@ -344,6 +374,7 @@ pub async fn serve_tls(
                 Duration::MAX
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let h2 = if health_only { &h2_health } else { &h2 };
                 let conn = watcher.watch(h2.serve_connection(TokioIo::new(tls), service));
                 let _ = tokio::time::timeout(lifetime, conn).await;
             } else {
@@ -356,8 +387,11 @@ pub async fn serve_tls(
 }
 
 /// At most this many TLS connections without the client certificate the CA requires are
-/// served at once (the healthcheck needs one); more are closed after the handshake.
+/// served at once from the network (Blackbox's probe needs one); more are closed after the
+/// handshake.
 const HEALTH_ONLY_CONNECTIONS: usize = 8;
+/// The same from loopback (the container's healthcheck), counted apart.
+const LOOPBACK_HEALTH_CONNECTIONS: usize = 4;
 /// How long such a connection is kept: a healthcheck takes milliseconds.
 const HEALTH_ONLY_LIFETIME: Duration = Duration::from_secs(5);
 

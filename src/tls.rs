@@ -2,23 +2,29 @@
 //! `tls_key_file`) and the CA that client certificates must chain to (`tls_client_ca_file`).
 //!
 //! Invariants: everything is PEM and checked at config load, so `check-config` refuses what the
-//! listener would refuse; the listener offers `h2` and `http/1.1` by ALPN (Traefik's
-//! forwardAuth client then speaks HTTP/2 over one connection); with a client CA, a peer
-//! presenting a certificate not from it completes no handshake, and a peer presenting none gets
-//! no answer but on `/healthz` (the healthcheck's liveness probe); a renewed certificate and
-//! key on disk are picked up by [`Reloader`] without a restart (checked every
-//! [`RELOAD_INTERVAL`]).
+//! listener would refuse, and what every client would (a server certificate without a
+//! subjectAltName or not for serverAuth, a client CA that is no CA); the listener offers `h2`
+//! and `http/1.1` by ALPN (Traefik's forwardAuth client then speaks HTTP/2 over one
+//! connection); with a client CA, a peer presenting a certificate not from it completes no
+//! handshake, and a peer presenting none gets no answer but on `/healthz` (the healthcheck's
+//! liveness probe); a renewed certificate and key, or a new client CA, on disk are picked up by
+//! [`Reloader`] without a restart (checked every [`RELOAD_INTERVAL`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How often the certificate and key files are checked for a renewal.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,6 +56,55 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
+/// What every TLS client would refuse in a server certificate: no subjectAltName (RFC 6125
+/// §6.4.4: clients match the name they dial there, not in the subject's CN), or an
+/// extendedKeyUsage without serverAuth (RFC 5280 §4.2.1.12). Other problems are left to rustls.
+fn check_server_leaf(path: &Path, der: &CertificateDer<'_>) -> Result<(), String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Ok(());
+    };
+    if cert.subject_alternative_name().ok().flatten().is_none() {
+        return Err(format!(
+            "{}: the certificate has no subjectAltName; clients check the name they dial              (e.g. DNS:jacker-gate) against it",
+            path.display()
+        ));
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        if !eku.value.server_auth && !eku.value.any {
+            return Err(format!(
+                "{}: the certificate's extendedKeyUsage does not allow serverAuth; clients                  refuse it for a server",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A client CA must be a CA (RFC 5280 §4.2.1.9 basicConstraints cA, §4.2.1.3 keyCertSign):
+/// a leaf certificate there would admit no client at all.
+fn check_ca(path: &Path, der: &CertificateDer<'_>) -> Result<(), String> {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Ok(());
+    };
+    if !cert.is_ca() {
+        return Err(format!(
+            "{}: {} is not a CA certificate (basicConstraints CA:TRUE); give the certificate              of the CA that issued the clients' certificates",
+            path.display(),
+            cert.subject()
+        ));
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(format!(
+                "{}: {}'s keyUsage does not allow keyCertSign",
+                path.display(),
+                cert.subject()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the certificate and key and checks that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let chain = read_chain(cert)?;
@@ -67,7 +122,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => format!(
-            "{} and {} do not belong together: {e}",
+            "{} and {} do not belong together: the key is not the certificate's",
             cert.display(),
             key.display()
         ),
@@ -79,15 +134,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
             cert.display()
         ),
     })?;
+    check_server_leaf(cert, &certified.cert[0])?;
     Ok(certified)
 }
 
 /// The verifier of client certificates, from the CA file.
-fn client_verifier(
-    ca: &Path,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let mut roots = RootCertStore::empty();
     for cert in read_chain(ca)? {
+        check_ca(ca, &cert)?;
         roots
             .add(cert)
             .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
@@ -121,45 +176,80 @@ pub fn check(
     problems
 }
 
-/// The certificate in use, swapped when the files on disk change.
+/// Modification times of the files last loaded.
+#[derive(Debug, Default)]
+struct Stamps {
+    pair: Option<(SystemTime, SystemTime)>,
+    client_ca: Option<SystemTime>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The certificate and client CA in use, swapped when the files on disk change.
 #[derive(Debug)]
 pub struct Reloader {
     files: TlsFiles,
     current: ArcSwap<CertifiedKey>,
-    stamp: std::sync::Mutex<Option<(SystemTime, SystemTime)>>,
+    verifier: Option<Arc<ReloadingVerifier>>,
+    stamps: std::sync::Mutex<Stamps>,
 }
 
 impl Reloader {
+    /// Loads the files once. Errors: what [`check`] reports.
     pub fn new(files: TlsFiles) -> Result<Arc<Self>, String> {
         let current = load_certified_key(&files.cert, &files.key)?;
-        let stamp = Self::stamp_of(&files);
+        let verifier = match &files.client_ca {
+            Some(ca) => Some(Arc::new(ReloadingVerifier {
+                inner: ArcSwap::from_pointee(client_verifier(ca)?),
+            })),
+            None => None,
+        };
+        let stamps = Stamps {
+            pair: Self::pair_stamp(&files),
+            client_ca: files.client_ca.as_deref().and_then(modified),
+        };
         Ok(Arc::new(Self {
             files,
             current: ArcSwap::from_pointee(current),
-            stamp: std::sync::Mutex::new(stamp),
+            verifier,
+            stamps: std::sync::Mutex::new(stamps),
         }))
     }
 
-    fn stamp_of(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
-        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((m(&files.cert)?, m(&files.key)?))
+    fn pair_stamp(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
+        Some((modified(&files.cert)?, modified(&files.key)?))
     }
 
-    /// Loads the files again if either changed; a pair that does not load (half written, or
-    /// not matching) keeps the current certificate and is retried at the next check.
+    /// Loads the files again if any changed. A pair that does not load (half written, or not
+    /// matching) keeps the current certificate, and a client CA that does not load keeps the
+    /// current one; both are retried at the next check.
     pub fn reload_if_changed(&self) {
-        let stamp = Self::stamp_of(&self.files);
-        let mut last = self.stamp.lock().expect("stamp lock");
-        if stamp.is_none() || stamp == *last {
-            return;
-        }
-        match load_certified_key(&self.files.cert, &self.files.key) {
-            Ok(key) => {
-                self.current.store(Arc::new(key));
-                *last = stamp;
-                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+        let mut last = self.stamps.lock().expect("stamp lock");
+        let pair = Self::pair_stamp(&self.files);
+        if pair.is_some() && pair != last.pair {
+            match load_certified_key(&self.files.cert, &self.files.key) {
+                Ok(key) => {
+                    self.current.store(Arc::new(key));
+                    last.pair = pair;
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                }
+                Err(e) => tracing::warn!(error = %e, "renewed TLS certificate not loaded yet"),
             }
-            Err(e) => tracing::warn!(error = %e, "renewed TLS certificate not loaded yet"),
+        }
+        if let (Some(ca), Some(verifier)) = (&self.files.client_ca, &self.verifier) {
+            let stamp = modified(ca);
+            if stamp.is_some() && stamp != last.client_ca {
+                match client_verifier(ca) {
+                    Ok(inner) => {
+                        verifier.inner.store(Arc::new(inner));
+                        last.client_ca = stamp;
+                        tracing::info!(client_ca = %ca.display(), "TLS client CA reloaded");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "new TLS client CA not loaded yet"),
+                }
+            }
         }
     }
 
@@ -169,13 +259,70 @@ impl Reloader {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = match &self.files.client_ca {
-            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
+        let builder = match &self.verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// The client CA's verifier, swapped by [`Reloader`] when the CA file changes: rustls fixes a
+/// listener's verifier when its configuration is built.
+#[derive(Debug)]
+struct ReloadingVerifier {
+    inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerifier for ReloadingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.load().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.load().client_auth_mandatory()
+    }
+
+    /// No CA names in the CertificateRequest: they would have to outlive a reload. Clients
+    /// with one certificate (Traefik's `tls.cert`, Prometheus's `cert_file`) send it anyway;
+    /// RFC 8446 §4.2.4 makes the list optional.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.load().supported_verify_schemes()
     }
 }
 

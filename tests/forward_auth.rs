@@ -478,7 +478,34 @@ fn check_config_refuses_bad_tls_files() {
     };
     let (code, said) = check(server(&p.server.cert, &p.server.key, Some(p.ca.cert())));
     assert_eq!(code, Some(0), "{said}");
+    // What every client would refuse: no name to check, or a certificate for clients only.
+    let no_san = p.ca.cert_with(
+        dir,
+        "no-san",
+        "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    let client_only = p.ca.cert_with(
+        dir,
+        "client-only",
+        "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n\
+         subjectAltName=DNS:jacker-gate\n",
+    );
     for (what, toml, needle) in [
+        (
+            "a leaf certificate as client CA",
+            server(&p.server.cert, &p.server.key, Some(&p.client.cert)),
+            "is not a CA certificate",
+        ),
+        (
+            "no subjectAltName",
+            server(&no_san.cert, &no_san.key, None),
+            "no subjectAltName",
+        ),
+        (
+            "extendedKeyUsage clientAuth only",
+            server(&client_only.cert, &client_only.key, None),
+            "does not allow serverAuth",
+        ),
         (
             "key of another certificate",
             server(&p.server.cert, &other.key, None),
@@ -575,6 +602,132 @@ async fn a_renewed_certificate_is_picked_up_without_a_restart() {
         },
     )
     .await;
+}
+
+/// An HTTP/2 connection to the gate over TLS, presenting `identity` (what Traefik's forwardAuth
+/// client holds) or no certificate.
+async fn h2_connection(
+    p: &Pki,
+    gate: &Gate,
+    identity: Option<&CertPair>,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(p.ca.cert()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_file(&identity.cert).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_file(&identity.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gate.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("jacker-gate".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.unwrap()
+}
+
+/// Traefik resets a call's stream when its client goes away. A burst of such resets on the
+/// one connection all calls share must not make the gate close it (h2's rapid-reset guard
+/// allows 20 pending by default): the calls after the burst are answered on it.
+#[tokio::test]
+async fn a_burst_of_cancelled_calls_keeps_the_shared_connection() {
+    let p = pki();
+    let gate = Gate::start(&tls_toml(&p, true));
+    let mut send = h2_connection(&p, &gate, Some(&p.client)).await;
+    let request = || {
+        let mut r = http::Request::get(format!("https://jacker-gate:{}/auth", gate.port()));
+        for (name, value) in fwd("/", "192.0.2.7") {
+            r = r.header(name, value);
+        }
+        r.body(()).unwrap()
+    };
+    for _ in 0..3 {
+        // 200 calls sent and cancelled at once: they reach the gate in a few reads.
+        let mut streams = Vec::new();
+        for _ in 0..200 {
+            send = send.ready().await.unwrap();
+            let (response, mut stream) = send.send_request(request(), false).unwrap();
+            stream.send_reset(h2::Reason::CANCEL);
+            streams.push(response);
+        }
+        drop(streams);
+        send = send.ready().await.unwrap();
+        let (response, _) = send.send_request(request(), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("an answer within 5 s")
+            .expect("the connection stays open after the resets");
+        assert_eq!(answer.status(), 200);
+    }
+    assert!(!gate.logs().contains("too_many_resets"), "{}", gate.logs());
+    // The connection's limits: enough for Traefik (Go opens another connection past them), and
+    // for a connection without a certificate, enough for a liveness probe only.
+    assert_eq!(send.current_max_send_streams(), 256);
+    let anonymous = h2_connection(&p, &gate, None).await;
+    let healthz = http::Request::get(format!("https://jacker-gate:{}/healthz", gate.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = anonymous.clone().send_request(healthz, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(anonymous.current_max_send_streams(), 2);
+}
+
+/// A new client CA written over the old file is used without a restart: the new CA's clients
+/// are admitted, the old one's refused.
+#[tokio::test]
+async fn a_new_client_ca_is_picked_up_without_a_restart() {
+    let p = pki();
+    let ca_file = p.dir.path().join("client-ca.pem");
+    std::fs::copy(p.ca.cert(), &ca_file).unwrap();
+    let toml = tls_toml(&p, false).replace(
+        "[rate_limit]",
+        &format!(
+            "tls_client_ca_file = {:?}\n[rate_limit]",
+            ca_file.display().to_string()
+        ),
+    );
+    let gate = Gate::start(&toml);
+    let old_client = tls_client(&p, Some(&p.client));
+    assert_eq!(auth_over(&old_client, &gate).await.unwrap().status(), 200);
+
+    let new_ca = TestCa::new("the next client CA");
+    let new_cert = new_ca.client_cert(p.dir.path(), "traefik-next", None, "traefik");
+    // Written in place, as a Docker secret file is updated.
+    std::fs::write(&ca_file, std::fs::read(new_ca.cert()).unwrap()).unwrap();
+    support::eventually(
+        Duration::from_secs(25),
+        "the new client CA",
+        async || match auth_over(&tls_client(&p, Some(&new_cert)), &gate).await {
+            Ok(answer) if answer.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let refused = auth_over(&tls_client(&p, Some(&p.client)), &gate).await;
+    assert!(refused.is_err(), "the old CA's client: {refused:?}");
+    assert!(
+        gate.logs().contains("TLS client CA reloaded"),
+        "{}",
+        gate.logs()
+    );
 }
 
 /// A self-signed X.509 v1 certificate for `key` (what `openssl x509 -req` makes without

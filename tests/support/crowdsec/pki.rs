@@ -117,6 +117,13 @@ impl TestCa {
         )
     }
 
+    /// A certificate with subject `CN=<name>` and exactly `extensions` (an `openssl x509
+    /// -extfile` text), written as `DIR/<name>.pem` and `DIR/<name>.key`: for certificates a
+    /// check must refuse.
+    pub(crate) fn cert_with(&self, dir: &Path, name: &str, extensions: &str) -> CertPair {
+        self.issue(dir, name, &format!("/CN={name}"), extensions)
+    }
+
     fn issue(&self, dir: &Path, name: &str, subject: &str, extensions: &str) -> CertPair {
         let pair = CertPair {
             cert: dir.join(format!("{name}.pem")),
