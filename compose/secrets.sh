@@ -147,13 +147,29 @@ command -v openssl >/dev/null 2>&1 || {
 }
 read -r -a gate_names <<<"${GATE_TLS_NAMES:-jacker-gate}"
 [ "${#gate_names[@]}" -gt 0 ] || { echo "secrets.sh: GATE_TLS_NAMES is empty" >&2; exit 1; }
+for n in "${gate_names[@]}"; do
+  # A DNS name (letters, digits, '-', '.'), an IPv4 or an IPv6 address; nothing openssl would
+  # read as more than one name.
+  if ! [[ "$n" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ || "$n" =~ ^[0-9A-Fa-f:.]+$ ]]; then
+    echo "secrets.sh: GATE_TLS_NAMES: \"$n\" is neither a DNS name nor an IP address" >&2
+    exit 1
+  fi
+done
 renew_before=$((30 * 24 * 3600))
 ca_key="$dir/jacker_ca_key" ca_cert="$dir/jacker_ca_cert"
 
 is_ip() { [[ "$1" =~ ^[0-9.]+$ || "$1" == *:* ]]; }
 
+run_openssl() { # openssl with its error output shown only when it fails
+  local err
+  if ! err="$(openssl "$@" 2>&1 >/dev/null)"; then
+    echo "secrets.sh: openssl $1 failed: $err" >&2
+    exit 1
+  fi
+}
+
 new_key() { # new_key FILE: an ECDSA P-256 private key, PKCS#8 PEM
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.tmp" 2>/dev/null
+  run_openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.tmp"
   chmod 600 "$1.tmp"
   mv "$1.tmp" "$1"
 }
@@ -168,9 +184,12 @@ cert_ok() { # cert_ok CERT KEY [CA]
   [ -z "$ca" ] || openssl verify -CAfile "$ca" "$cert" >/dev/null 2>&1
 }
 
-has_names() { # has_names CERT NAME...: the certificate is valid for every NAME
-  local cert="$1" name
+has_names() { # has_names CERT NAME...: the certificate is for exactly these names
+  local cert="$1" name sans
   shift
+  # A name dropped from GATE_TLS_NAMES must stop being trusted: same count, each one present.
+  sans="$(openssl x509 -in "$cert" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr ',' '\n' | grep -c ':')"
+  [ "$sans" = "$#" ] || return 1
   for name in "$@"; do
     if is_ip "$name"; then
       openssl x509 -in "$cert" -noout -checkip "$name" 2>/dev/null | grep -q 'does match' || return 1
@@ -191,10 +210,11 @@ issue() { # issue CERT KEY CN server|client: a certificate for KEY signed by the
     printf 'extendedKeyUsage=clientAuth\n' > "$ext"
   fi
   printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n' >> "$ext"
-  openssl req -new -key "$key" -subj "/CN=$cn" 2>/dev/null \
-    | openssl x509 -req -CA "$ca_cert" -CAkey "$ca_key" -set_serial "0x$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
-        -days 730 -sha256 -extfile "$ext" -out "$cert.tmp" 2>/dev/null
-  rm -f "$ext"
+  run_openssl req -new -key "$key" -subj "/CN=$cn" -out "$dir/.csr.tmp"
+  run_openssl x509 -req -in "$dir/.csr.tmp" -CA "$ca_cert" -CAkey "$ca_key" \
+    -set_serial "0x$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" \
+    -days 730 -sha256 -extfile "$ext" -out "$cert.tmp"
+  rm -f "$ext" "$dir/.csr.tmp"
   chmod 644 "$cert.tmp"
   mv "$cert.tmp" "$cert"
 }
@@ -202,9 +222,9 @@ issue() { # issue CERT KEY CN server|client: a certificate for KEY signed by the
 renewed=()
 if ! cert_ok "$ca_cert" "$ca_key"; then
   [ -s "$ca_key" ] || new_key "$ca_key"
-  openssl req -x509 -new -key "$ca_key" -subj "/CN=Jacker internal CA" -days 3650 -sha256 \
+  run_openssl req -x509 -new -key "$ca_key" -subj "/CN=Jacker internal CA" -days 3650 -sha256 \
     -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$ca_cert.tmp" 2>/dev/null
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$ca_cert.tmp"
   chmod 644 "$ca_cert.tmp"
   mv "$ca_cert.tmp" "$ca_cert"
   renewed+=(jacker_ca_cert)
@@ -220,6 +240,11 @@ for entry in "${pki[@]}"; do
         issue "$file" "$key" "$cn" "$kind"
         renewed+=("$name")
       fi ;;
+  esac
+  # Modes are repaired on every run, as for the other secrets: keys private, certificates public.
+  case "$kind" in
+    ca | server | client) chmod 644 "$file" ;;
+    *) chmod 600 "$file" ;;
   esac
   if [ "$is_root" = 1 ]; then
     chown "$owner:$owner" "$file"

@@ -171,13 +171,27 @@ fn healthcheck(url: Option<String>, flag: Option<PathBuf>, env: &[(String, Strin
             .danger_accept_invalid_certs(true)
             .build()
             .ok()?;
-        let resp = client.get(&target).send().await.ok()?;
-        Some(resp.status() == reqwest::StatusCode::OK)
+        match client.get(&target).send().await {
+            Ok(resp) => Some(Ok(resp.status())),
+            Err(e) => Some(Err(e)),
+        }
     });
-    if ok == Some(true) {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("unhealthy: GET {target} did not answer 200");
-        ExitCode::FAILURE
+    match ok {
+        Some(Ok(reqwest::StatusCode::OK)) => ExitCode::SUCCESS,
+        Some(Ok(status)) => {
+            eprintln!("unhealthy: GET {target} answered {status}");
+            ExitCode::FAILURE
+        }
+        Some(Err(e)) => {
+            // A plain request to a TLS listener fails without an answer: say what to try.
+            let hint = if target.starts_with("http://") {
+                " (if the listener speaks TLS, use https:// or --config)"
+            } else {
+                ""
+            };
+            eprintln!("unhealthy: GET {target} got no answer: {e}{hint}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
     }
 }

@@ -1218,6 +1218,49 @@ fn the_secrets_script_issues_the_hops_certificates_and_renews_only_what_no_longe
     }
     assert!(valid_for(&gate, "-checkip", "127.0.0.1"));
     assert!(valid_for(&gate, "-checkhost", "jacker-gate"));
+    // A name dropped stops being trusted: the certificate is issued again without it.
+    let said = secrets(None);
+    assert!(
+        said.contains("certificates issued: gate_tls_cert\n"),
+        "{said}"
+    );
+    assert!(!valid_for(&gate, "-checkip", "127.0.0.1"));
+    let said = secrets(Some("jacker-gate 127.0.0.1"));
+    assert!(
+        said.contains("certificates issued: gate_tls_cert\n"),
+        "{said}"
+    );
+    // Anything but DNS names and addresses is refused before openssl sees it.
+    for bad in [
+        "jacker-gate/O=Injected",
+        "a,DNS:*.evil.test",
+        "jacker-gate:8443x",
+    ] {
+        let out = run(Command::new("bash")
+            .arg(compose_dir().join("secrets.sh"))
+            .arg(&dir)
+            .env("GATE_BIN", GATE)
+            .env("GATE_TLS_NAMES", bad)
+            .stdin(Stdio::null()));
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            text(&out).contains("neither a DNS name nor an IP address"),
+            "{bad}: {}",
+            text(&out)
+        );
+    }
+    // Modes are repaired on every run.
+    std::fs::set_permissions(
+        dir.join("gate_tls_key"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    secrets(Some("jacker-gate 127.0.0.1"));
+    let mode = std::fs::metadata(dir.join("gate_tls_key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 
     // A certificate that does not belong to its key (here: another's) is issued again.
     std::fs::copy(

@@ -371,6 +371,15 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
     );
 
     assert_healthcheck_passes(&gate);
+    // A plain-HTTP healthcheck URL says what to try instead.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+        .args(["healthcheck", "--url"])
+        .arg(format!("http://127.0.0.1:{}", gate.port()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("use https://"), "{said}");
 }
 
 /// With `tls_client_ca_file`: a client presenting a certificate from the CA is served; one with

@@ -19,8 +19,19 @@ much CPU everything else on the machine used during the run (a noisy run is flag
   python3 benches/load/run.py --smoke         # CI smoke: 1k decisions, 1 x 1 s per target
   python3 benches/load/run.py --memory        # RSS: idle, 100k and 1M decisions, 10-minute churn
   python3 benches/load/run.py --traefik --plugin-src DIR
-                                              # through the real Traefik, against the CrowdSec
-                                              # plugin (see benches/load/traefik.py)
+                                              # through the real Traefik (about 10 minutes)
+
+With --traefik, one Traefik routes to one upstream through each path under test (--paths):
+  alone, plugin (the CrowdSec bouncer plugin from DIR, a checkout of
+  maxlerebourg/crowdsec-bouncer-traefik-plugin with vendor/, plus Traefik's rateLimit), fa-h1
+  (forwardAuth to the gate over HTTP/1.1), fa-h2 (over TLS: HTTP/2), fa-mtls (with a client
+  certificate, as deployed), login (fa-mtls on a login route with a session), fa-mtls-2t (a
+  gate with two worker threads; only when listed). Columns: req/s and its ratio to plugin,
+  wrk's p50/p99, Traefik's and the gate's CPU per request, new TCP connections per request
+  (the machine's ActiveOpens less wrk's own), and the most CPU anything else used during that
+  path's runs ("other cores"; above 0.15 in any run the whole report says NOISY). Add
+  --profile OUT for Traefik's pprof and the gate's perf profile (benches/load/traefik.py).
+  Every run, --smoke included, first builds the release binaries.
 
 Everything runs on 127.0.0.1 on free ports; every process started is stopped by its PID.
 """
