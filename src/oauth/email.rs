@@ -41,7 +41,7 @@ impl EmailPolicy {
         let Some(normal) = normalize(email) else {
             return EmailVerdict::Denied;
         };
-        if self.emails.contains(&normal) {
+        if self.emails.iter().any(|e| *e == *normal) {
             return EmailVerdict::Allowed;
         }
         self.check_domain(&normal, hd)
@@ -51,7 +51,7 @@ impl EmailPolicy {
     /// every request, so a session whose domain was removed from the config stops working.
     pub fn allows_session(&self, email: &str) -> bool {
         match normalize(email) {
-            Some(n) => self.emails.contains(&n) || self.domain_allowed(&n),
+            Some(n) => self.emails.iter().any(|e| *e == *n) || self.domain_allowed(&n),
             None => false,
         }
     }
@@ -76,8 +76,9 @@ impl EmailPolicy {
 }
 
 /// Lower-cases a plain `local@domain` address; `None` for anything else: several or no `@`,
-/// quotes, whitespace, control characters, backslashes, an empty part, a trailing dot.
-pub fn normalize(email: &str) -> Option<String> {
+/// quotes, whitespace, control characters, backslashes, an empty part, a trailing dot. Borrows
+/// an address that is already lower case (every session's, on every request).
+pub fn normalize(email: &str) -> Option<std::borrow::Cow<'_, str>> {
     let (local, domain) = email.split_once('@')?;
     if local.is_empty() || domain.is_empty() || domain.contains('@') {
         return None;
@@ -99,7 +100,11 @@ pub fn normalize(email: &str) -> Option<String> {
     if !labels_ok {
         return None;
     }
-    Some(email.to_ascii_lowercase())
+    if email.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(email.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(email))
+    }
 }
 
 #[cfg(test)]
