@@ -159,10 +159,6 @@ impl Sessions {
         &self.codec
     }
 
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     pub fn lifetime(&self) -> Duration {
         self.lifetime
     }
