@@ -284,15 +284,16 @@ def run_wrk(port, seconds, env_extra):
     return json.loads(line[5:]), wrk_cpu
 
 
-def measure(target, seconds):
-    pid = target["pid"]
-    cpu0, busy0, t0 = proc_cpu_seconds(pid), machine_busy_seconds(), time.time()
+def measure(target, pids, seconds, helpers=()):
+    """One wrk run of `target`: the CPU of the server's processes `pids`, and of everything on
+    the machine but them, wrk and the `helpers` the scenario needs (Redis, the LAPI)."""
+    cpu = lambda ps: sum(proc_cpu_seconds(p) for p in ps)
+    cpu0, h0, busy0, t0 = cpu(pids), cpu(helpers), machine_busy_seconds(), time.time()
     summary, wrk_cpu = run_wrk(target["port"], seconds, target["env"])
-    cpu1, busy1, t1 = proc_cpu_seconds(pid), machine_busy_seconds(), time.time()
+    cpu1, h1, busy1, t1 = cpu(pids), cpu(helpers), machine_busy_seconds(), time.time()
     server_cpu = cpu1 - cpu0
-    elapsed = t1 - t0
     requests = max(summary["requests"], 1)
-    other = max(0.0, (busy1 - busy0) - server_cpu - wrk_cpu) / elapsed
+    other = max(0.0, (busy1 - busy0) - server_cpu - (h1 - h0) - wrk_cpu) / (t1 - t0)
     return {
         "rps": requests / (summary["duration_us"] / 1e6),
         "p50_us": summary["p50_us"],
@@ -373,7 +374,7 @@ def throughput(args):
         lapi.import_bans(args.decisions, prefix=1)
         print(f"imported {args.decisions} decisions in {time.time() - t:.1f} s", flush=True)
 
-        _redis, login, cookie = login_store(workdir, procs, gate_bin, mint_bin)
+        redis, login, cookie = login_store(workdir, procs, gate_bin, mint_bin)
         base = dict(binary=gate_bin, key_file=key_file, lapi_url=lapi.url)
         g_public, p_public = start_gate("gate-public", workdir, procs, per_second=10_000_000,
                                         burst=10_000_000, **base)
@@ -418,9 +419,9 @@ def throughput(args):
         for rep in range(args.reps):
             for t in targets:
                 if t["name"] == "nginx":
-                    r = measure_multi(t, nginx_pids(), args.seconds)
+                    r = measure(t, nginx_pids(), args.seconds)
                 else:
-                    r = measure(t, args.seconds)
+                    r = measure(t, [t["pid"]], args.seconds, helpers=[redis.pid, lapi.proc.pid])
                 if abs(r["non_2xx_share"] - t["expect"]) > 0.05 or r["socket_errors"]:
                     sys.exit(f"{t['name']}: {r['non_2xx_share']:.3f} of answers were non-2xx (expected "
                              f"{t['expect']}), {r['socket_errors']} socket errors: the scenario is not "
@@ -454,25 +455,6 @@ def _parent_chain(pid, root):
     except OSError:
         return False
     return False
-
-
-def measure_multi(target, pids, seconds):
-    cpu0 = sum(proc_cpu_seconds(p) for p in pids)
-    busy0, t0 = machine_busy_seconds(), time.time()
-    summary, wrk_cpu = run_wrk(target["port"], seconds, target["env"])
-    cpu1 = sum(proc_cpu_seconds(p) for p in pids)
-    busy1, t1 = machine_busy_seconds(), time.time()
-    server_cpu = cpu1 - cpu0
-    requests = max(summary["requests"], 1)
-    return {
-        "rps": requests / (summary["duration_us"] / 1e6),
-        "p50_us": summary["p50_us"],
-        "p99_us": summary["p99_us"],
-        "cpu_us_per_req": server_cpu / requests * 1e6,
-        "other_cores": max(0.0, (busy1 - busy0) - server_cpu - wrk_cpu) / (t1 - t0),
-        "non_2xx_share": summary["non_2xx"] / requests,
-        "socket_errors": summary["socket_errors"],
-    }
 
 
 def report(results, args):
