@@ -314,13 +314,21 @@ fn tls_client(p: &Pki, identity: Option<&CertPair>) -> reqwest::Client {
         .unwrap()
 }
 
+/// `jacker-gate ARGS...`: status and output.
+fn jacker_gate(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// `jacker-gate healthcheck --config` of a running gate: exits 0.
 fn assert_healthcheck_passes(gate: &Gate) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
-        .args(["healthcheck", "--config"])
-        .arg(gate.config_path())
-        .output()
-        .unwrap();
+    let out = jacker_gate(&[
+        "healthcheck".as_ref(),
+        "--config".as_ref(),
+        gate.config_path().as_ref(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -372,11 +380,8 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
 
     assert_healthcheck_passes(&gate);
     // A plain-HTTP healthcheck URL says what to try instead.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
-        .args(["healthcheck", "--url"])
-        .arg(format!("http://127.0.0.1:{}", gate.port()))
-        .output()
-        .unwrap();
+    let url = format!("http://127.0.0.1:{}", gate.port());
+    let out = jacker_gate(&["healthcheck".as_ref(), "--url".as_ref(), url.as_ref()]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(said.contains("use https://"), "{said}");
@@ -460,11 +465,7 @@ fn check_config_refuses_bad_tls_files() {
     let check = |toml: String| {
         let file = dir.join("check.toml");
         std::fs::write(&file, toml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jacker-gate"))
-            .args(["check-config", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = jacker_gate(&["check-config".as_ref(), "--config".as_ref(), file.as_ref()]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned()

@@ -159,6 +159,16 @@ url = "{gate}"
     )
 }
 
+/// The `gate` middleware (with `extra` settings), the services, and one router, `apps`, with
+/// `rule` behind the middleware.
+fn gated_apps(gate: &Gate, upstream: &Upstream, extra: &str, rule: &str) -> String {
+    format!(
+        "{}{}[http.routers.apps]\nrule = {rule:?}\nservice = \"upstream\"\nmiddlewares = [\"gate\"]\n",
+        middleware("gate", gate, extra),
+        services(gate, upstream)
+    )
+}
+
 /// Routers and middlewares of one shape.
 fn dynamic_for(shape: Shape, gate: &Gate, upstream: &Upstream) -> String {
     let on_router = if shape == Shape::Entrypoint {
@@ -663,12 +673,7 @@ burst = 3
         .static_toml(&static_for(Shape::Recommended))
         .dynamic_file(
             "stack.toml",
-            &format!(
-                "{}{}[http.routers.apps]\nrule = \"Host(`public.example.test`)\"\n\
-                 service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
-                middleware("gate", &gate, ""),
-                services(&gate, &upstream)
-            ),
+            &gated_apps(&gate, &upstream, "", "Host(`public.example.test`)"),
         )
         .start();
     let url = format!("http://{PUBLIC}:{}/", traefik.web_port());
@@ -739,15 +744,17 @@ burst = 3
 async fn forward_body_with_large_bodies() {
     let stack = stack_with(
         |traefik, gate, upstream| {
-            traefik.static_toml(&static_for(Shape::Recommended)).dynamic_file(
-                "stack.toml",
-                &format!(
-                    "{}{}[http.routers.apps]\nrule = \"Host(`app.example.test`) || Host(`public.example.test`)\"\n\
-                     service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
-                    middleware("gate", gate, "forwardBody = true\nmaxBodySize = 4194304"),
-                    services(gate, upstream)
-                ),
-            )
+            traefik
+                .static_toml(&static_for(Shape::Recommended))
+                .dynamic_file(
+                    "stack.toml",
+                    &gated_apps(
+                        gate,
+                        upstream,
+                        "forwardBody = true\nmaxBodySize = 4194304",
+                        "Host(`app.example.test`) || Host(`public.example.test`)",
+                    ),
+                )
         },
         |g| g.extra("[[rules]]\npath_prefix = \"/admin\"\npolicy = \"deny\"\n"),
     );
@@ -1497,12 +1504,7 @@ async fn a_prober_seen_in_traefiks_access_log_is_banned_through_the_gate() {
         .static_toml(&static_for(Shape::Recommended))
         .dynamic_file(
             "stack.toml",
-            &format!(
-                "{}{}[http.routers.apps]\nrule = \"Host(`public.example.test`)\"\n\
-                 service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
-                middleware("gate", &gate, ""),
-                services(&gate, &upstream)
-            ),
+            &gated_apps(&gate, &upstream, "", "Host(`public.example.test`)"),
         )
         .start();
     eventually(
@@ -1714,33 +1716,23 @@ async fn forward_auth_over_tls_speaks_http2_to_the_gate() {
     let client_cert = ca.client_cert(certs.path(), "traefik", None, "traefik");
     let stack = stack_with(
         |traefik, gate, upstream| {
-            let mw = format!(
-                r#"
-[http.middlewares.gate.forwardAuth]
-address = "{url}/auth"
-trustForwardHeader = false
-authResponseHeaders = ["X-Auth-Request-Email", "X-Auth-Request-User", "X-Forwarded-User"]
-authRequestHeaders = ["Accept", "Cookie", "X-Requested-With"]
-maxResponseBodySize = 4096
-[http.middlewares.gate.forwardAuth.tls]
-ca = {ca:?}
-cert = {cert:?}
-key = {key:?}
-"#,
-                url = gate.url(),
-                ca = ca.cert().display().to_string(),
-                cert = client_cert.cert.display().to_string(),
-                key = client_cert.key.display().to_string(),
+            let tls = format!(
+                "[http.middlewares.gate.forwardAuth.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+                ca.cert().display().to_string(),
+                client_cert.cert.display().to_string(),
+                client_cert.key.display().to_string(),
             );
-            traefik.static_toml(&static_for(Shape::Recommended)).dynamic_file(
-                "stack.toml",
-                &format!(
-                    "{mw}\n[[http.services.upstream.loadBalancer.servers]]\nurl = \"{}\"\n\
-                     [http.routers.apps]\nrule = \"Host(`app.example.test`) || Host(`public.example.test`)\"\n\
-                     service = \"upstream\"\nmiddlewares = [\"gate\"]\n",
-                    upstream.url()
-                ),
-            )
+            traefik
+                .static_toml(&static_for(Shape::Recommended))
+                .dynamic_file(
+                    "stack.toml",
+                    &gated_apps(
+                        gate,
+                        upstream,
+                        &tls,
+                        "Host(`app.example.test`) || Host(`public.example.test`)",
+                    ),
+                )
         },
         |g| {
             g.server(&format!(

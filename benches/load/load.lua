@@ -28,10 +28,5 @@ request = function()
   return wrk.format("GET", "/auth", headers)
 end
 
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"socket_errors":%d,"non_2xx":%d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
+-- `done`: the JSON summary line, shared with the other script.
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "summary.lua")
