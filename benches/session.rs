@@ -86,7 +86,11 @@ fn bench_store(
     let trusted = TrustedProxies::new(&cfg.server.trusted_proxies);
     let limiter = Limiter::new(&cfg.rate_limit);
     let rules = Rules::new(Vec::new(), true);
-    let emails = EmailPolicy::new(&["example.com".into()], &[], true);
+    let emails = EmailPolicy::new(
+        &[jacker_gate::domain::DomainName::parse("example.com").expect("valid literal")],
+        &[],
+        true,
+    );
     let (delta, _) = common::decisions(if common::full_size() { 100_000 } else { 1_000 }, NOW);
     let table = DecisionTable::from_startup(&delta);
     let sessions = rt.block_on(async {

@@ -8,6 +8,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+/// Parses `10.0.0.0/8` or a bare address (as a single-address network). IPv4-mapped IPv6
+/// networks are stored as IPv4, since client addresses are compared after the same mapping.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let net = match s.trim().parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => IpNet::from(s.trim().parse::<std::net::IpAddr>().ok()?),
+    };
+    Some(match net {
+        IpNet::V6(n) => match n.addr().to_ipv4_mapped() {
+            Some(v4) if n.prefix_len() >= 96 => {
+                IpNet::V4(ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).ok()?.trunc())
+            }
+            _ => IpNet::V6(n.trunc()),
+        },
+        IpNet::V4(n) => IpNet::V4(n.trunc()),
+    })
+}
+
 /// The networks allowed to set `X-Forwarded-*`, kept split by family for a cheap scan.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {

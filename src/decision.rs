@@ -493,7 +493,11 @@ mod tests {
 
     #[test]
     fn session_step() {
-        let policy = EmailPolicy::new(&["example.com".into()], &[], true);
+        let policy = EmailPolicy::new(
+            &[crate::domain::DomainName::parse("example.com").unwrap()],
+            &[],
+            true,
+        );
         let valid = |e: &str| SessionState::Valid { email: e.into() };
         assert_eq!(
             session_verdict(&valid("alice@example.com"), &policy),

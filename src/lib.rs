@@ -11,6 +11,8 @@
 pub mod config;
 pub mod duration;
 
+pub mod domain;
+
 pub mod client_ip;
 pub mod crowdsec;
 pub mod ratelimit;

@@ -146,7 +146,7 @@ fn healthcheck(url: Option<String>, flag: Option<PathBuf>, env: &[(String, Strin
         None => match load(flag, env) {
             Ok((c, _)) => {
                 let base = jacker_gate::http::health_base_url(c.server.listen);
-                match c.server.tls() {
+                match c.server.tls {
                     Some(_) => base.replacen("http://", "https://", 1),
                     None => base,
                 }

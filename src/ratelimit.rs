@@ -15,7 +15,45 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
-use crate::config::RateLimit;
+use serde::{Deserialize, Serialize};
+
+/// What a bucket is keyed by (`rate_limit.key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateKeyKind {
+    /// The client IP (IPv6 grouped by `ipv6_prefix`).
+    Ip,
+    /// The signed-in user; the client IP without a session.
+    User,
+}
+
+/// The limiter's settings (`[rate_limit]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second each key earns; 0 turns the limiter off.
+    pub per_second: u32,
+    /// Requests a key may send at once after being idle (at least 1).
+    pub burst: u32,
+    /// What a bucket is keyed by.
+    pub key: RateKeyKind,
+    /// IPv6 clients share one bucket per network of this prefix length (1–128).
+    pub ipv6_prefix: u8,
+    /// Networks never limited.
+    pub exempt: Vec<IpNet>,
+}
+
+impl Default for RateLimit {
+    /// 50 requests per second, bursts of 100, by IP, IPv6 by /64, nobody exempt.
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 100,
+            key: RateKeyKind::Ip,
+            ipv6_prefix: 64,
+            exempt: Vec::new(),
+        }
+    }
+}
 
 /// One bucket's key: an IPv4 address, a masked IPv6 network, or a user, in one integer.
 /// IPv4 uses the IPv4-mapped IPv6 range, which no canonical IPv6 client falls in; users use a
@@ -75,7 +113,7 @@ impl<C: Clock + Clone> Limiter<C> {
             clock,
             ipv6_mask,
             exempt: config.exempt.clone(),
-            by_user: config.key == crate::config::RateKeyKind::User,
+            by_user: config.key == RateKeyKind::User,
             user_hasher: Default::default(),
         }
     }
@@ -146,7 +184,6 @@ fn whole_seconds_at_least_one(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateKeyKind;
     use governor::clock::FakeRelativeClock;
 
     fn config(per_second: u32, burst: u32) -> RateLimit {

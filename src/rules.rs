@@ -8,7 +8,11 @@
 use std::borrow::Cow;
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::domain::{is_below, is_host_name};
+
+/// What a matching rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Policy {
     Public,
     Login,
@@ -25,30 +29,29 @@ impl Policy {
     }
 }
 
-/// A rule's host: exact, or `*.example.com` (stored as `.example.com`, so the match is always on
-/// a label boundary and never matches `example.com` itself or `evilexample.com`).
+/// A rule's host: exact, or `*.example.com`, whose match is on a label boundary and never
+/// matches `example.com` itself or `evilexample.com`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
+    /// One host, lower case.
     Exact(String),
+    /// Every subdomain of this name (lower case, no leading dot), at any depth.
     Subdomains(String),
 }
 
 impl HostPattern {
+    /// Parses `app.example.com` or `*.example.com` (any case, one trailing dot allowed).
+    ///
+    /// # Errors
+    /// Not a host name or `*.` pattern: a port, a scheme, an empty or over-long label.
     pub fn parse(text: &str) -> Result<Self, String> {
         let lower = text.trim().to_ascii_lowercase();
         let lower = lower.strip_suffix('.').unwrap_or(&lower);
         let (pattern, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (HostPattern::Subdomains(format!(".{rest}")), rest),
+            Some(rest) => (HostPattern::Subdomains(rest.to_owned()), rest),
             None => (HostPattern::Exact(lower.to_owned()), lower),
         };
-        let valid = !name.is_empty()
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if valid {
+        if is_host_name(name) {
             Ok(pattern)
         } else {
             Err(format!(
@@ -61,7 +64,7 @@ impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
-            HostPattern::Subdomains(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+            HostPattern::Subdomains(name) => is_below(host, name),
         }
     }
 }
@@ -70,7 +73,7 @@ impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostPattern::Exact(h) => f.write_str(h),
-            HostPattern::Subdomains(s) => write!(f, "*{s}"),
+            HostPattern::Subdomains(s) => write!(f, "*.{s}"),
         }
     }
 }
@@ -317,13 +320,7 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         None => raw,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = !host.is_empty()
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if !valid {
+    if !is_host_name(host) {
         return None;
     }
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::client_ip::TrustedProxies;
-use crate::config::{decode_cookie_secret, Config, Provider as ProviderKind, StoreKind};
+use crate::config::{Auth, Config, Provider as ProviderKind, Store};
 use crate::crowdsec::lapi::Bouncer;
 use crate::http::login::Login;
 use crate::http::App;
@@ -48,16 +48,20 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Builds the shared application state from a validated config. Nothing here waits for a
 /// peer: the LAPI, the identity provider and Redis are reached in the background.
+///
+/// # Errors
+/// Only what the config loader cannot see: a thread that cannot be started, an HTTP client
+/// that cannot be built.
 pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let metrics = Arc::new(Metrics::new());
     let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
-    let login = match config.auth.provider {
-        Some(_) => Some(build_login(config, metrics.clone()).await?),
+    let login = match &config.auth {
+        Some(auth) => Some(build_login(config, auth, metrics.clone()).await?),
         None => None,
     };
     Ok(Arc::new(App {
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
-        rules: Rules::new(config.rules.clone(), config.auth.provider.is_some())
+        rules: Rules::new(config.rules.clone(), config.auth.is_some())
             .with_gate_pages(login.as_ref().map(|l| l.pages.clone()).unwrap_or_default()),
         limiter: Limiter::new(&config.rate_limit),
         bouncer,
@@ -68,33 +72,13 @@ pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     }))
 }
 
-async fn build_login(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Login> {
-    let public_url = config
-        .server
-        .public_url
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("server.public_url is required for login"))?;
-    let secret = config
-        .session
-        .cookie_secret_file
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("session.cookie_secret_file is required for login"))?;
-    let codec =
-        CookieCodec::new(&decode_cookie_secret(secret.expose()).map_err(anyhow::Error::msg)?);
-    let store: Arc<dyn SessionStore> = match config.session.store {
-        StoreKind::Memory => MemoryStore::new(),
-        StoreKind::Redis => {
-            let url = config
-                .session
-                .redis_url
-                .as_deref()
-                .ok_or_else(|| anyhow::anyhow!("session.redis_url is required"))?;
-            let password = config
-                .session
-                .redis_password_file
-                .as_ref()
-                .map(|f| f.expose());
-            RedisStore::connect(url, password, STORE_TIMEOUT)
+async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> anyhow::Result<Login> {
+    let codec = CookieCodec::new(auth.cookie_secret.key());
+    let store: Arc<dyn SessionStore> = match &config.session.store {
+        Store::Memory => MemoryStore::new(),
+        Store::Redis(redis) => {
+            let password = redis.password.as_ref().map(|f| f.expose());
+            RedisStore::connect(&redis.url, password, STORE_TIMEOUT)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
         }
@@ -106,19 +90,20 @@ async fn build_login(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<L
         config.session.lifetime,
         metrics.clone(),
     );
+    let public_url = auth.public_url.clone();
     let callback = crate::http::login::endpoint_of(&public_url, GatePage::Callback.path());
     let pages = GatePages::new(public_url.host_str().unwrap_or_default(), public_url.path())
         .ok_or_else(|| anyhow::anyhow!("server.public_url has no usable host name"))?;
     Ok(Login {
-        provider: Provider::new(&config.auth, callback.as_str()).map_err(anyhow::Error::msg)?,
+        provider: Provider::new(auth, callback.as_str()).map_err(anyhow::Error::msg)?,
         pages,
         sessions,
         emails: EmailPolicy::new(
-            &config.auth.allowed_domains,
-            &config.auth.allowed_emails,
-            config.auth.provider == Some(ProviderKind::Google),
+            &auth.allowed_domains,
+            &auth.allowed_emails,
+            auth.provider == ProviderKind::Google,
         ),
-        redirects: RedirectPolicy::new(&redirect_domains(config), !config.session.cookie_secure),
+        redirects: RedirectPolicy::new(&config.redirect_domains(), !config.session.cookie_secure),
         public_url,
         cookie_name: config.session.cookie_name.clone(),
         binding_cookie_name: format!("{}_login", config.session.cookie_name),
@@ -126,25 +111,6 @@ async fn build_login(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<L
         cookie_secure: config.session.cookie_secure,
         metrics,
     })
-}
-
-/// Where return URLs may lead: `auth.redirect_domains`, else the cookie domains; the public
-/// URL's own host always.
-fn redirect_domains(config: &Config) -> Vec<String> {
-    let mut domains = if config.auth.redirect_domains.is_empty() {
-        config.session.cookie_domains.clone()
-    } else {
-        config.auth.redirect_domains.clone()
-    };
-    if let Some(u) = &config.server.public_url {
-        if let Some(host) = u.host_str() {
-            domains.push(match u.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.to_owned(),
-            });
-        }
-    }
-    domains
 }
 
 /// Runs the gate until `shutdown` resolves.
@@ -177,7 +143,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         });
     }
-    let tls = match config.server.tls() {
+    let tls = match config.server.tls.clone() {
         Some(files) => {
             let reloader = crate::tls::Reloader::new(files).map_err(anyhow::Error::msg)?;
             let server_config = reloader.server_config().map_err(anyhow::Error::msg)?;

@@ -18,6 +18,7 @@ use jacker_gate::crowdsec::stream::{parse_live, parse_stream};
 use jacker_gate::crowdsec::table::{Delta, Target};
 use jacker_gate::crowdsec::{DecisionTable, Kind};
 use jacker_gate::decision::{decide, BadRequest, CrowdsecState, Forwarded, Step, Verdict};
+use jacker_gate::domain::{DomainName, RedirectDomain};
 use jacker_gate::oauth::email::{normalize, EmailPolicy, EmailVerdict};
 use jacker_gate::oauth::redirect::RedirectPolicy;
 use jacker_gate::ratelimit::Limiter;
@@ -500,7 +501,10 @@ pub fn redirect(data: &[u8]) {
     let scheme = fields.next().map(text);
     let host = fields.next().map(text).unwrap_or_default();
     let origin = scheme.as_deref().map(|s| (s, host.as_str()));
-    let domains: Vec<String> = REDIRECT_DOMAINS.iter().map(|d| d.to_string()).collect();
+    let domains: Vec<RedirectDomain> = REDIRECT_DOMAINS
+        .iter()
+        .map(|d| RedirectDomain::parse(d).expect("valid literal"))
+        .collect();
     for allow_http in [false, true] {
         let Some(url) = RedirectPolicy::new(&domains, allow_http).check(&rd, origin) else {
             continue;
@@ -570,6 +574,11 @@ pub fn email_policy(data: &[u8]) {
     let emails = list(fields.next(), &["contractor@gmail.com"]);
     let hd = fields.next().map(text);
 
+    // Entries the config loader would refuse never reach the policy.
+    let domains: Vec<DomainName> = domains
+        .iter()
+        .filter_map(|d| DomainName::parse(d).ok())
+        .collect();
     let policy = EmailPolicy::new(&domains, &emails, require_hd);
     let verdict = policy.check(&email, verified, hd.as_deref());
     let shown = format!(
@@ -578,7 +587,7 @@ pub fn email_policy(data: &[u8]) {
     let lower = email.to_ascii_lowercase();
     let domain = lower.split_once('@').map_or("", |(_, d)| d);
     let by_email = emails.iter().any(|e| e.to_ascii_lowercase() == lower);
-    let by_domain = domains.iter().any(|d| d.to_ascii_lowercase() == domain);
+    let by_domain = domains.iter().any(|d| d.as_str() == domain);
     if verified != Some(true) {
         assert_eq!(verdict, EmailVerdict::Unverified, "{shown}");
     }
@@ -605,8 +614,9 @@ pub fn email_policy(data: &[u8]) {
             "{shown}"
         );
         assert!(
-            dom.split('.').all(|l| !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
+            dom.split('.').all(|l| (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')),
             "domain labels: {shown}"
         );
     }

@@ -31,9 +31,9 @@ fn empty_is_the_documented_defaults() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.rate_limit.per_second, 50);
     assert_eq!(c.rate_limit.burst, 100);
-    assert!(!c.crowdsec.enabled());
-    assert!(c.auth.provider.is_none());
-    assert_eq!(c.session.store, StoreKind::Memory);
+    assert!(c.crowdsec.lapi.is_none());
+    assert!(c.auth.is_none());
+    assert_eq!(c.session.store, Store::Memory);
 }
 
 #[test]
@@ -88,7 +88,7 @@ level = "debug"
     );
     let c = parse(&text, &[]).unwrap();
     assert_eq!(
-        c.crowdsec.api_key_file.as_ref().unwrap().expose(),
+        c.crowdsec.lapi.as_ref().unwrap().api_key.expose(),
         "s3cr3t-bouncer-key"
     );
     assert_eq!(c.server.trusted_proxies[1].to_string(), "10.0.0.0/8");
@@ -151,7 +151,7 @@ a = 1
     );
     for key in [
         "server.listen",
-        "server.trusted_proxies: not an IP address or CIDR: bogus",
+        "server.trusted_proxies: not an IP address or CIDR: \"bogus\"",
         "server.colour: unknown key",
         "crowdsec.lapi_url",
         "crowdsec.mode",
@@ -378,11 +378,23 @@ fn fuzzer_findings_round_trip() {
 #[test]
 fn domain_lists_and_ports() {
     let c = parse(
-        "[auth]\nredirect_domains = [\".example.com\", \"other.org:8443\"]\n",
+        "[auth]\nredirect_domains = [\".Example.com\", \"other.org:8443\"]\n",
         &[],
     )
     .unwrap();
-    assert_eq!(c.auth.redirect_domains, [".example.com", "other.org:8443"]);
+    // Without a provider the key changes nothing, and the gate says so.
+    assert!(c.auth.is_none());
+    assert!(c
+        .warnings()
+        .iter()
+        .any(|w| w.starts_with("auth.redirect_domains: has no effect")));
+    let domains = read::redirect_domains(
+        &toml::Value::Array(vec![".Example.com".into(), "other.org:8443".into()]),
+        false,
+    )
+    .unwrap();
+    let shown: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, [".example.com", "other.org:8443"]);
     for bad in [
         "example.com:abc",
         "example.com:0",
@@ -413,7 +425,7 @@ fn google_issuer_is_the_effective_default() {
          [session]\ncookie_secret_file = {cookie:?}\n"
     );
     let c = parse(&text, &[]).unwrap();
-    let issuer = c.auth.issuer_url.as_ref().expect("an effective issuer");
+    let issuer = &c.auth.as_ref().expect("login on").issuer_url;
     assert_eq!(issuer.as_str().trim_end_matches('/'), GOOGLE_ISSUER_URL);
     let printed = c.to_toml();
     assert!(
@@ -421,4 +433,81 @@ fn google_issuer_is_the_effective_default() {
         "{printed}"
     );
     assert_eq!(parse(&printed, &[]).unwrap(), c);
+}
+
+/// What `run` would refuse, `check-config` refuses: the LAPI's CA and client certificate are
+/// parsed at load, and so is the bouncer key as a header value.
+#[test]
+fn lapi_material_is_parsed_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let key = write("key", b"bouncer-key\n");
+    let bad_key = write("bad_key", b"bouncer\x01key\n");
+    // A DER certificate starts with a SEQUENCE tag; it is no PEM bundle.
+    let der = write("ca.der", &[0x30, 0x82, 0x01, 0x0a, 0x02, 0x01, 0x01]);
+    let garbage = write("cert.pem", b"-----BEGIN CERTIFICATE-----\nnope\n");
+    let config = |key: &std::path::Path, extra: &str| {
+        format!("[crowdsec]\nlapi_url = \"https://lapi:8080\"\napi_key_file = {key:?}\n{extra}")
+    };
+    assert_has(
+        &errors(&config(&key, &format!("ca_file = {der:?}\n")), &[]),
+        "crowdsec.ca_file: no PEM certificate in",
+    );
+    assert_has(
+        &errors(
+            &config(
+                &key,
+                &format!("cert_file = {garbage:?}\nkey_file = {key:?}\n"),
+            ),
+            &[],
+        ),
+        "crowdsec.cert_file: bad client certificate or key",
+    );
+    assert_has(
+        &errors(&config(&bad_key, ""), &[]),
+        "crowdsec.api_key_file: the API key holds characters not allowed in a header",
+    );
+    let c = parse(&config(&key, ""), &[]).unwrap();
+    let lapi = c.crowdsec.lapi.as_ref().expect("on");
+    assert!(lapi.roots.is_empty() && lapi.identity.is_none());
+}
+
+/// Keys that change nothing are warned about, not silently kept or dropped.
+#[test]
+fn keys_without_effect_are_warned_about() {
+    let c = parse(
+        "[session]\nredis_url = \"redis://gate@redis:6379/0\"\n[auth]\nclient_id = \"x\"\n",
+        &[],
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("session.redis_url: has no effect")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("auth.client_id: has no effect")),
+        "{w:?}"
+    );
+    // The effective config leaves them out, and loads back as the same config.
+    let printed = c.to_toml();
+    assert!(
+        !printed.contains("redis_url") && !printed.contains("client_id"),
+        "{printed}"
+    );
+    assert_eq!(parse(&printed, &[]).unwrap(), c);
+    // A Redis store with a URL that redis-rs cannot use is refused at load.
+    assert_has(
+        &errors(
+            "[session]\nstore = \"redis\"\nredis_url = \"redis://[::1\"\n",
+            &[],
+        ),
+        "session.redis_url: invalid URL",
+    );
 }

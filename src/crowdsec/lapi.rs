@@ -92,12 +92,17 @@ pub struct Bouncer {
 }
 
 impl Bouncer {
-    /// Builds the client from config; `None` when CrowdSec is off.
+    /// Builds the client from config and starts the table-building thread; `None` when
+    /// CrowdSec is off. The key and TLS material were parsed by the config loader.
+    ///
+    /// # Errors
+    /// [`LapiError::Setup`] when the HTTP client cannot be built or the thread cannot start.
     pub fn new(config: &Crowdsec, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, LapiError> {
-        let (Some(base), Some(key_file)) = (&config.lapi_url, &config.api_key_file) else {
+        let Some(lapi) = &config.lapi else {
             return Ok(None);
         };
-        let mut key = HeaderValue::from_str(key_file.expose()).map_err(|_| {
+        let base = &lapi.url;
+        let mut key = HeaderValue::from_str(lapi.api_key.expose()).map_err(|_| {
             LapiError::Setup("the API key holds characters not allowed in a header".into())
         })?;
         key.set_sensitive(true);
@@ -109,35 +114,15 @@ impl Bouncer {
             // A redirect would carry X-Api-Key to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| LapiError::Setup(format!("cannot read {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| LapiError::Setup(format!("bad CA file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                // A DER file parses as an empty PEM bundle: refuse it rather than start with
-                // a trust store that can never verify the LAPI.
-                return Err(LapiError::Setup(format!(
-                    "no PEM certificate in {} (convert a DER file with `openssl x509 -inform der`)",
-                    ca.display()
-                )));
-            }
+        if !lapi.roots.is_empty() {
             // A configured CA is the only one trusted for the LAPI.
             builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            for cert in &lapi.roots {
+                builder = builder.add_root_certificate(cert.clone());
             }
         }
-        if let (Some(cert), Some(key_path)) = (&config.cert_file, &config.key_file) {
-            let mut pem = std::fs::read(cert)
-                .map_err(|e| LapiError::Setup(format!("cannot read {}: {e}", cert.display())))?;
-            pem.push(b'\n');
-            pem.extend(std::fs::read(key_path).map_err(|e| {
-                LapiError::Setup(format!("cannot read {}: {e}", key_path.display()))
-            })?);
-            let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| LapiError::Setup(format!("bad client certificate or key: {e}")))?;
-            builder = builder.identity(id);
+        if let Some(id) = &lapi.identity {
+            builder = builder.identity(id.clone());
         }
         let client = builder
             .build()
@@ -161,7 +146,7 @@ impl Bouncer {
             client,
             live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
             builder: Builder::start()?,
-            client_cert: config.cert_file.is_some(),
+            client_cert: lapi.identity.is_some(),
             base,
             key,
             metrics,

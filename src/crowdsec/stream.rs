@@ -11,8 +11,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::table::{synthetic_id, Delta, Kind, Op, Target};
-use crate::client_ip::canonical;
-use crate::config::parse_net;
+use crate::client_ip::{canonical, parse_net};
 use crate::duration::parse_go_seconds;
 
 #[derive(Deserialize)]

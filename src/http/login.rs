@@ -56,7 +56,7 @@ pub struct Login {
     pub public_url: Url,
     pub cookie_name: String,
     pub binding_cookie_name: String,
-    pub cookie_domains: Vec<String>,
+    pub cookie_domains: Vec<crate::domain::DomainSuffix>,
     pub cookie_secure: bool,
     pub metrics: Arc<Metrics>,
 }
@@ -172,15 +172,14 @@ impl Login {
     }
 
     /// The `Domain` for cookies on `host`: the configured cookie domain that covers it, if any.
+    /// The cookie domain for a request host: the first entry of `cookie_domains` that covers
+    /// it (a `.example.com` entry covers `example.com` and its subdomains, as browsers do).
     fn cookie_domain(&self, host: Option<&str>) -> Option<&str> {
-        let host = crate::rules::normalize_host(host?)?.into_owned();
-        self.cookie_domains.iter().map(String::as_str).find(|d| {
-            let bare = d.trim_start_matches('.');
-            host == bare
-                || (host.len() > bare.len()
-                    && host.ends_with(bare)
-                    && host.as_bytes()[host.len() - bare.len() - 1] == b'.')
-        })
+        let host = crate::rules::normalize_host(host?)?;
+        self.cookie_domains
+            .iter()
+            .find(|d| crate::domain::is_within(&host, d.name()))
+            .map(|d| d.name())
     }
 
     fn set_cookie(
@@ -196,7 +195,7 @@ impl Login {
         }
         if let Some(d) = domain {
             c.push_str("; Domain=");
-            c.push_str(d.trim_start_matches('.'));
+            c.push_str(d);
         }
         HeaderValue::from_str(&c).expect("cookie names and values are header-safe")
     }

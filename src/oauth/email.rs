@@ -5,6 +5,8 @@
 //! must be true; for Google, the `hd` claim must equal the domain that admitted the address
 //! (a consumer account can carry any address, only `hd` proves Workspace membership).
 
+use crate::domain::{is_host_name, DomainName};
+
 /// The outcome of the policy for one identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailVerdict {
@@ -16,24 +18,26 @@ pub enum EmailVerdict {
     Denied,
 }
 
+/// Who may sign in: `allowed_domains`, `allowed_emails`, and whether Google's `hd` claim must
+/// match the domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmailPolicy {
-    domains: Vec<String>,
+    domains: Vec<DomainName>,
     emails: Vec<String>,
     require_hd: bool,
 }
 
 impl EmailPolicy {
-    /// `domains` and `emails` as configured (already lower-cased by the config loader);
-    /// `require_hd` for the Google provider.
-    pub fn new(domains: &[String], emails: &[String], require_hd: bool) -> Self {
+    /// `domains` and `emails` as configured; `require_hd` for the Google provider.
+    pub fn new(domains: &[DomainName], emails: &[String], require_hd: bool) -> Self {
         Self {
-            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            domains: domains.to_vec(),
             emails: emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
             require_hd,
         }
     }
 
+    /// The verdict for an ID token's `email`, `email_verified` and `hd` claims.
     pub fn check(&self, email: &str, verified: Option<bool>, hd: Option<&str>) -> EmailVerdict {
         if verified != Some(true) {
             return EmailVerdict::Unverified;
@@ -58,7 +62,7 @@ impl EmailPolicy {
 
     fn domain_allowed(&self, normal: &str) -> bool {
         let domain = normal.rsplit_once('@').map_or("", |(_, d)| d);
-        self.domains.iter().any(|d| d == domain)
+        self.domains.iter().any(|d| d.as_str() == domain)
     }
 
     fn check_domain(&self, normal: &str, hd: Option<&str>) -> EmailVerdict {
@@ -94,10 +98,7 @@ pub fn normalize(email: &str) -> Option<std::borrow::Cow<'_, str>> {
     if email.chars().any(bad) {
         return None;
     }
-    let labels_ok = domain
-        .split('.')
-        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    if !labels_ok {
+    if !is_host_name(domain) {
         return None;
     }
     if email.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -114,14 +115,18 @@ mod tests {
 
     fn google() -> EmailPolicy {
         EmailPolicy::new(
-            &["example.com".into()],
+            &[domain("example.com")],
             &["contractor@gmail.com".into()],
             true,
         )
     }
 
     fn oidc() -> EmailPolicy {
-        EmailPolicy::new(&["example.com".into()], &[], false)
+        EmailPolicy::new(&[domain("example.com")], &[], false)
+    }
+
+    fn domain(name: &str) -> DomainName {
+        DomainName::parse(name).unwrap()
     }
 
     #[test]

@@ -31,7 +31,6 @@ use crate::config::{Auth, Provider as ProviderKind};
 
 /// Google's two spellings of its issuer.
 const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
-use crate::config::GOOGLE_ISSUER_URL;
 /// How often a token with an unknown `kid` may trigger a JWKS refetch.
 const JWKS_REFRESH_EVERY: Duration = Duration::from_secs(60);
 
@@ -91,21 +90,14 @@ pub struct Provider {
 
 impl Provider {
     /// `callback` is `{public_url}/oauth2/callback`. Discovery happens later, in [`Provider::run`].
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built, or the issuer or callback is not a URL openidconnect
+    /// takes (the config loader already checked both).
     pub fn new(auth: &Auth, callback: &str) -> Result<Arc<Self>, String> {
-        let kind = auth.provider.ok_or("no provider configured")?;
-        let issuer = match (&auth.issuer_url, kind) {
-            (Some(u), _) => u.as_str().trim_end_matches('/').to_owned(),
-            (None, ProviderKind::Google) => GOOGLE_ISSUER_URL.to_owned(),
-            (None, ProviderKind::Oidc) => {
-                return Err("auth.issuer_url is required for provider = \"oidc\"".into())
-            }
-        };
-        let secret = auth
-            .client_secret_file
-            .as_ref()
-            .ok_or("auth.client_secret_file is required")?
-            .expose()
-            .to_owned();
+        let kind = auth.provider;
+        let issuer = auth.issuer_url.as_str().trim_end_matches('/').to_owned();
+        let secret = auth.client_secret.expose().to_owned();
         let http = reqwest::Client::builder()
             .use_rustls_tls()
             // Following redirects from the provider's endpoints would let a compromised
@@ -119,7 +111,7 @@ impl Provider {
         Ok(Arc::new(Self {
             kind,
             issuer: IssuerUrl::new(issuer).map_err(|e| e.to_string())?,
-            client_id: ClientId::new(auth.client_id.clone().ok_or("auth.client_id is required")?),
+            client_id: ClientId::new(auth.client_id.clone()),
             client_secret: ClientSecret::new(secret),
             redirect: RedirectUrl::new(callback.to_owned()).map_err(|e| e.to_string())?,
             http,

@@ -9,45 +9,22 @@
 
 use url::{Host, Url};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    /// Lower-case host without a leading dot.
-    host: String,
-    subdomains: bool,
-    port: Option<u16>,
-}
+use crate::domain::RedirectDomain;
 
+/// Where return URLs may lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectPolicy {
-    entries: Vec<Entry>,
+    entries: Vec<RedirectDomain>,
     allow_http: bool,
 }
 
 impl RedirectPolicy {
-    /// `domains` as configured (`.example.com`, `example.com:8443`); entries that do not parse
-    /// were already rejected by the config loader and are skipped here.
-    pub fn new(domains: &[String], allow_http: bool) -> Self {
-        let entries = domains
-            .iter()
-            .filter_map(|d| {
-                let d = d.trim().to_ascii_lowercase();
-                let (subdomains, rest) = match d.strip_prefix('.') {
-                    Some(r) => (true, r.to_owned()),
-                    None => (false, d.clone()),
-                };
-                let (host, port) = match rest.rsplit_once(':') {
-                    Some((h, p)) => (h.to_owned(), Some(p.parse().ok()?)),
-                    None => (rest, None),
-                };
-                Some(Entry {
-                    host,
-                    subdomains,
-                    port,
-                })
-            })
-            .collect();
+    /// `domains`: where return URLs may lead (the config's `redirect_domains`, or the cookie
+    /// domains, plus the public URL's host); `allow_http`: whether `http` URLs are followed
+    /// (only with `cookie_secure = false`).
+    pub fn new(domains: &[RedirectDomain], allow_http: bool) -> Self {
         Self {
-            entries,
+            entries: domains.to_vec(),
             allow_http,
         }
     }
@@ -102,17 +79,9 @@ impl RedirectPolicy {
         };
         let default_port = if secure { 443 } else { 80 };
         let port = url.port().unwrap_or(default_port);
-        self.entries.iter().any(|e| {
-            let host_ok = if e.subdomains {
-                host == e.host
-                    || (host.len() > e.host.len()
-                        && host.ends_with(&e.host)
-                        && host.as_bytes()[host.len() - e.host.len() - 1] == b'.')
-            } else {
-                host == e.host
-            };
-            host_ok && port == e.port.unwrap_or(default_port)
-        })
+        self.entries
+            .iter()
+            .any(|e| e.allows(&host, port, default_port))
     }
 }
 
@@ -121,7 +90,13 @@ mod tests {
     use super::*;
 
     fn policy() -> RedirectPolicy {
-        RedirectPolicy::new(&[".example.com".into(), "other.org:8443".into()], false)
+        RedirectPolicy::new(&domains(&[".example.com", "other.org:8443"]), false)
+    }
+
+    fn domains(list: &[&str]) -> Vec<RedirectDomain> {
+        list.iter()
+            .map(|d| RedirectDomain::parse(d).unwrap())
+            .collect()
     }
 
     const ORIGIN: Option<(&str, &str)> = Some(("https", "app.example.com"));
@@ -205,7 +180,7 @@ mod tests {
             .check("/x", Some(("https", "app.example.com/@evil.com")))
             .is_none());
         // http only when cookies are not Secure.
-        let lax = RedirectPolicy::new(&[".example.com".into()], true);
+        let lax = RedirectPolicy::new(&domains(&[".example.com"]), true);
         assert!(lax.check("http://app.example.com/", None).is_some());
         assert!(lax.check("http://app.example.com:8080/", None).is_none());
     }
