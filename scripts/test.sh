@@ -12,6 +12,9 @@ if [ -f compose/install-test-tools.sh ]; then
 fi
 
 cargo fmt --all -- --check
+# The structure ARCHITECTURE.md promises: the core imports no edge module, no module cycles,
+# no file over 600 lines, no unused dependency.
+python3 scripts/check-structure.py
 cargo clippy --all-targets --locked -- -D warnings
 bash scripts/deny.sh
 cargo test --all-targets --locked
