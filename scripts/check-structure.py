@@ -140,6 +140,7 @@ def main():
     for p in problems:
         print(p)
     if problems:
+        sys.stdout.flush()
         print(f"check-structure: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print("check-structure: ok")
