@@ -11,7 +11,7 @@ use governor::clock::Clock;
 
 use std::sync::Arc;
 
-use crate::crowdsec::Kind;
+use crate::crowdsec::table::Remediation;
 use crate::oauth::email::EmailPolicy;
 use crate::ratelimit::{Limiter, Outcome};
 use crate::rules::{normalize_host, normalize_path, GatePage, PathError, Policy, Rules};
@@ -24,7 +24,7 @@ pub enum CrowdsecState {
     Off,
     /// No decision covers the client.
     Clear,
-    Decided(Kind),
+    Decided(Remediation),
     /// No trustworthy answer and `fail_closed` is set.
     Unavailable,
 }
@@ -61,7 +61,7 @@ pub enum Verdict {
         user: Option<Arc<str>>,
     },
     /// Covered by a CrowdSec decision (403).
-    Banned(Kind),
+    Banned(Remediation),
     /// CrowdSec could not be consulted and the config says fail closed (403).
     CrowdsecUnavailable,
     /// Over the rate limit (429).
@@ -295,8 +295,8 @@ mod tests {
         let run = |cs, uri| decide(IP, cs, &l, &r, &req(uri), None);
         // A banned client is 403 even with a malformed path.
         assert_eq!(
-            run(CrowdsecState::Decided(Kind::Captcha), "/%zz"),
-            Step::Done(Verdict::Banned(Kind::Captcha))
+            run(CrowdsecState::Decided(Remediation::Captcha), "/%zz"),
+            Step::Done(Verdict::Banned(Remediation::Captcha))
         );
         assert_eq!(
             run(CrowdsecState::Unavailable, "/"),

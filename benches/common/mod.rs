@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use jacker_gate::crowdsec::table::{Delta, Kind, Op, Target};
+use jacker_gate::crowdsec::table::{Delta, Op, Remediation, Target};
 
 /// Full-size inputs under `cargo bench`; small ones when `cargo test --all-targets` runs each
 /// bench once, so the test suite stays quick.
@@ -76,7 +76,7 @@ pub(crate) fn decisions(n: usize, now: u32) -> (Delta, Vec<IpAddr>) {
             // LAPI ids: sequential integers.
             id: new.len() as u64 + 1,
             target,
-            kind: Kind::Ban,
+            kind: Remediation::Ban,
             until: now + 3600,
         });
     }

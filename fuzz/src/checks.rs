@@ -16,7 +16,7 @@ use jacker_gate::client_ip::{canonical, client_ip as walk, BadForwardedFor, Trus
 use jacker_gate::config::{self, parse_net, RateKeyKind, RateLimit};
 use jacker_gate::crowdsec::stream::{parse_live, parse_stream};
 use jacker_gate::crowdsec::table::{Delta, Target};
-use jacker_gate::crowdsec::{DecisionTable, Kind};
+use jacker_gate::crowdsec::{DecisionTable, Remediation};
 use jacker_gate::decision::{decide, BadRequest, CrowdsecState, Forwarded, Step, Verdict};
 use jacker_gate::domain::{DomainName, RedirectDomain};
 use jacker_gate::oauth::email::{normalize, EmailPolicy, EmailVerdict};
@@ -182,9 +182,9 @@ pub const NOW: u32 = 1_700_000_000;
 #[derive(Default, Clone)]
 struct TableModel(HashMap<(IpNet, bool), [u32; 3]>);
 
-const KINDS: [Kind; 3] = [Kind::Ban, Kind::Other, Kind::Captcha];
+const KINDS: [Remediation; 3] = [Remediation::Ban, Remediation::Other, Remediation::Captcha];
 
-fn kind_index(k: Kind) -> usize {
+fn kind_index(k: Remediation) -> usize {
     KINDS
         .iter()
         .position(|&x| x == k)
@@ -215,7 +215,7 @@ impl TableModel {
         }
     }
 
-    fn lookup(&self, ip: IpAddr, now: u32) -> Option<Kind> {
+    fn lookup(&self, ip: IpAddr, now: u32) -> Option<Remediation> {
         let mut best = [0u32; 3];
         for ((net, _), slots) in &self.0 {
             if net.contains(&ip) {

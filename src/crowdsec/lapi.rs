@@ -81,10 +81,10 @@ pub struct Bouncer {
     last_success_ms: AtomicU64,
     /// Unix seconds of the last "decisions skipped" log line (at most one a minute).
     skipped_logged: AtomicU64,
-    live_cache: DashMap<IpAddr, (Option<super::Kind>, u64), foldhash::fast::RandomState>,
+    live_cache: DashMap<IpAddr, (Option<super::Remediation>, u64), foldhash::fast::RandomState>,
     client: reqwest::Client,
     live_slots: tokio::sync::Semaphore,
-    builder: Builder,
+    table_worker: TableWorker,
     client_cert: bool,
     base: url::Url,
     key: HeaderValue,
@@ -145,7 +145,7 @@ impl Bouncer {
             live_cache: DashMap::default(),
             client,
             live_slots: tokio::sync::Semaphore::new(LIVE_IN_FLIGHT),
-            builder: Builder::start()?,
+            table_worker: TableWorker::start()?,
             client_cert: lapi.identity.is_some(),
             base,
             key,
@@ -260,7 +260,11 @@ impl Bouncer {
         }
     }
 
-    async fn live_lookup(&self, ip: IpAddr, now: u32) -> Result<Option<super::Kind>, LapiError> {
+    async fn live_lookup(
+        &self,
+        ip: IpAddr,
+        now: u32,
+    ) -> Result<Option<super::Remediation>, LapiError> {
         let body = self
             .get(
                 &format!("v1/decisions?ip={ip}"),
@@ -341,7 +345,7 @@ impl Bouncer {
         match self.mode {
             CrowdsecMode::Stream => {
                 let current = self.table.load_full();
-                let swept = self.builder.run(move || current.sweep(now)).await;
+                let swept = self.table_worker.run(move || current.sweep(now)).await;
                 if let Ok(Some(swept)) = swept {
                     self.metrics.set_decisions(&swept.counts());
                     self.table.store(Arc::new(swept));
@@ -392,12 +396,15 @@ impl Bouncer {
         let (now, _) = now_unix();
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
         // the runtime threads that answer requests.
-        let parsed = self.builder.run(move || parse_stream(&body, now)).await??;
+        let parsed = self
+            .table_worker
+            .run(move || parse_stream(&body, now))
+            .await??;
         self.note_skipped(&parsed, now);
         let delta = parsed.delta;
         if startup {
             let table = self
-                .builder
+                .table_worker
                 .run(move || DecisionTable::from_startup(&delta))
                 .await?;
             self.metrics.set_decisions(&table.counts());
@@ -409,7 +416,7 @@ impl Bouncer {
                 let current = self.table.load_full();
                 let d = delta.clone();
                 let next = self
-                    .builder
+                    .table_worker
                     .run(move || current.apply_part(&d, part, APPLY_PARTS))
                     .await?;
                 if part + 1 == APPLY_PARTS {
@@ -440,11 +447,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// on a single thread keeps its allocations in one allocator arena, where the memory a previous
 /// table freed is reused by the next; spread over the blocking pool's threads, each arena kept
 /// its own high-water mark and the resident set grew with every delta.
-struct Builder {
+struct TableWorker {
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
-impl Builder {
+impl TableWorker {
     fn start() -> Result<Self, LapiError> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()

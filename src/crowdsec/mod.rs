@@ -5,4 +5,4 @@ pub mod lapi;
 pub mod stream;
 pub mod table;
 
-pub use table::{DecisionTable, Kind};
+pub use table::{DecisionTable, Remediation};

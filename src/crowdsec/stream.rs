@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::table::{synthetic_id, Delta, Kind, Op, Target};
+use super::table::{synthetic_id, Delta, Op, Remediation, Target};
 use crate::client_ip::{canonical, parse_net};
 use crate::duration::parse_go_seconds;
 
@@ -262,10 +262,10 @@ impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
 
 /// Parses a live-mode answer (`null` or a list of decisions for one IP) into the strongest
 /// decision still in force.
-pub fn parse_live(body: &[u8], now: u32) -> Result<Option<Kind>, BadBody> {
+pub fn parse_live(body: &[u8], now: u32) -> Result<Option<Remediation>, BadBody> {
     let raw: Option<Vec<RawDecision<'_>>> = serde_json::from_slice(body)?;
     let mut parsed = Parsed::default();
-    let mut best: Option<Kind> = None;
+    let mut best: Option<Remediation> = None;
     for d in raw.unwrap_or_default() {
         if let Some(op) = convert(&d, now, true, &mut parsed) {
             best = Some(match best {
@@ -277,11 +277,11 @@ pub fn parse_live(body: &[u8], now: u32) -> Result<Option<Kind>, BadBody> {
     Ok(best)
 }
 
-fn rank(k: Kind) -> u8 {
+fn rank(k: Remediation) -> u8 {
     match k {
-        Kind::Ban => 0,
-        Kind::Other => 1,
-        Kind::Captcha => 2,
+        Remediation::Ban => 0,
+        Remediation::Other => 1,
+        Remediation::Captcha => 2,
     }
 }
 
@@ -347,7 +347,7 @@ fn convert(d: &RawDecision<'_>, now: u32, adding: bool, parsed: &mut Parsed) -> 
     } else {
         0
     };
-    let kind = Kind::from_type(kind);
+    let kind = Remediation::from_type(kind);
     Some(Op {
         id: d.id.unwrap_or_else(|| synthetic_id(&target, kind)),
         target,

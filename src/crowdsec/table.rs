@@ -16,33 +16,33 @@ use ipnet::IpNet;
 /// What CrowdSec decided. Every kind is enforced as a deny; `Ban` wins over the others when
 /// several apply, so logs and metrics show the strongest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub enum Remediation {
     Ban,
     /// A decision type the gate has no special handling for; counted as a ban.
     Other,
     Captcha,
 }
 
-impl Kind {
-    pub fn from_type(t: &str) -> Kind {
+impl Remediation {
+    pub fn from_type(t: &str) -> Remediation {
         if t.eq_ignore_ascii_case("ban") {
-            Kind::Ban
+            Remediation::Ban
         } else if t.eq_ignore_ascii_case("captcha") {
-            Kind::Captcha
+            Remediation::Captcha
         } else {
-            Kind::Other
+            Remediation::Other
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Ban => "ban",
-            Kind::Other => "other",
-            Kind::Captcha => "captcha",
+            Remediation::Ban => "ban",
+            Remediation::Other => "other",
+            Remediation::Captcha => "captcha",
         }
     }
 
-    const ALL: [Kind; 3] = [Kind::Ban, Kind::Other, Kind::Captcha];
+    const ALL: [Remediation; 3] = [Remediation::Ban, Remediation::Other, Remediation::Captcha];
 
     fn index(self) -> usize {
         self as usize
@@ -55,8 +55,10 @@ impl Kind {
 pub struct Slots([u32; 3]);
 
 impl Slots {
-    fn kind(&self, now: u32) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| self.0[k.index()] > now)
+    fn kind(&self, now: u32) -> Option<Remediation> {
+        Remediation::ALL
+            .into_iter()
+            .find(|k| self.0[k.index()] > now)
     }
 
     fn max(self, other: Slots) -> Slots {
@@ -87,7 +89,7 @@ pub struct Op {
     /// expiry, as in the LAPI. See [`synthetic_id`] for decisions that come without one.
     pub id: u64,
     pub target: Target,
-    pub kind: Kind,
+    pub kind: Remediation,
     /// Unix seconds; ignored for deletions.
     pub until: u32,
 }
@@ -96,7 +98,7 @@ pub struct Op {
 /// not): derived from its target and type, with the top bit set so that it never equals a LAPI
 /// id (those are positive 63-bit integers). An id-less deletion then removes the id-less
 /// decision of the same target and type.
-pub fn synthetic_id(target: &Target, kind: Kind) -> u64 {
+pub fn synthetic_id(target: &Target, kind: Remediation) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0x6a61_636b_6572).build_hasher();
     target.hash(&mut h);
@@ -109,7 +111,7 @@ pub fn synthetic_id(target: &Target, kind: Kind) -> u64 {
 struct Decision {
     id: u64,
     until: u32,
-    kind: Kind,
+    kind: Remediation,
 }
 
 /// A lone decision whose id fits 32 bits: what nearly every address holds, kept in 12 bytes
@@ -118,7 +120,7 @@ struct Decision {
 struct One {
     id: u32,
     until: u32,
-    kind: Kind,
+    kind: Remediation,
 }
 
 impl From<One> for Decision {
@@ -142,7 +144,7 @@ impl Decision {
 }
 
 /// The strongest of some kinds (`Ban`, then `Other`, then `Captcha`).
-fn strongest(kinds: impl Iterator<Item = Kind>) -> Option<Kind> {
+fn strongest(kinds: impl Iterator<Item = Remediation>) -> Option<Remediation> {
     kinds.min_by_key(|k| k.index())
 }
 
@@ -177,7 +179,7 @@ fn add_to(list: &mut Vec<Decision>, d: Decision, counts: &mut [u64; 3]) {
 /// with the latest expiry, and only once it ended (`longestDecisionForScopeTypeValue` in
 /// CrowdSec's database code): every other decision of the group has ended by then, and the
 /// deletions of those that ended first are never sent. So a deletion takes the whole group.
-fn delete_from(list: &mut Vec<Decision>, kind: Kind, counts: &mut [u64; 3]) {
+fn delete_from(list: &mut Vec<Decision>, kind: Remediation, counts: &mut [u64; 3]) {
     list.retain(|x| {
         if x.kind == kind {
             counts[x.kind.index()] = counts[x.kind.index()].saturating_sub(1);
@@ -228,7 +230,7 @@ struct Shard<K> {
 const SEE_MANY: One = One {
     id: 0,
     until: 0,
-    kind: Kind::Ban,
+    kind: Remediation::Ban,
 };
 
 impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
@@ -240,7 +242,7 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
     }
 
     #[inline]
-    fn lookup(&self, k: &K, now: u32) -> Option<Kind> {
+    fn lookup(&self, k: &K, now: u32) -> Option<Remediation> {
         let o = self.one.get(k)?;
         if o.until > now {
             return Some(o.kind);
@@ -282,7 +284,7 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
     }
 
     /// Removes the decisions of `kind` on `k` (see [`delete_from`]).
-    fn delete(&mut self, k: K, kind: Kind, counts: &mut [u64; 3]) {
+    fn delete(&mut self, k: K, kind: Remediation, counts: &mut [u64; 3]) {
         if let Some(list) = self.many.get_mut(&k) {
             delete_from(list, kind, counts);
             self.settle(k);
@@ -352,7 +354,7 @@ pub struct Counts {
 impl Counts {
     /// `(type, scope, count)` rows for the metrics gauge.
     pub fn rows(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
-        Kind::ALL.into_iter().flat_map(move |k| {
+        Remediation::ALL.into_iter().flat_map(move |k| {
             [
                 (k.as_str(), "ip", self.ip[k.index()]),
                 (k.as_str(), "range", self.range[k.index()]),
@@ -421,7 +423,7 @@ impl DecisionTable {
 
     /// The strongest live decision covering `ip` at `now` (Unix seconds). `ip` must be canonical.
     #[inline]
-    pub fn lookup(&self, ip: IpAddr, now: u32) -> Option<Kind> {
+    pub fn lookup(&self, ip: IpAddr, now: u32) -> Option<Remediation> {
         let single = match ip {
             IpAddr::V4(a) => {
                 let k = u32::from(a);

@@ -270,7 +270,7 @@ async fn deny_verdicts_never_answer_2xx() {
     for v in [
         Verdict::Login,
         Verdict::CrowdsecUnavailable,
-        Verdict::Banned(crate::crowdsec::Kind::Captcha),
+        Verdict::Banned(crate::crowdsec::Remediation::Captcha),
         Verdict::Forbidden,
         Verdict::ForbiddenUser,
         Verdict::StoreUnavailable,

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::super::table::{DecisionTable, Kind};
+use super::super::table::{DecisionTable, Remediation};
 use super::parse_stream;
 
 struct Rng(u64);
@@ -132,8 +132,8 @@ fn rank(kind: &str) -> u8 {
     }
 }
 
-fn kind_of(kind: &str) -> Kind {
-    Kind::from_type(kind)
+fn kind_of(kind: &str) -> Remediation {
+    Remediation::from_type(kind)
 }
 
 /// The model: (template index, until) of every live decision, keyed as the LAPI keys them
@@ -171,7 +171,7 @@ impl Model {
         self.live.push((t, until));
     }
 
-    fn answer(&self, all: &[Template], addr: u128, now: u32) -> Option<Kind> {
+    fn answer(&self, all: &[Template], addr: u128, now: u32) -> Option<Remediation> {
         self.live
             .iter()
             .filter(|(i, until)| *until > now && all[*i].first <= addr && addr <= all[*i].last)

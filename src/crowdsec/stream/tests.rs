@@ -45,7 +45,7 @@ fn real_lapi_shapes() {
         "skipped decisions are kept as examples for the log"
     );
     assert_eq!(p.delta.deleted.len(), 1);
-    let op = |id: Option<u64>, target: Target, kind: Kind, until: u32| Op {
+    let op = |id: Option<u64>, target: Target, kind: Remediation, until: u32| Op {
         id: id.unwrap_or_else(|| synthetic_id(&target, kind)),
         target,
         kind,
@@ -57,32 +57,32 @@ fn real_lapi_shapes() {
             op(
                 Some(1),
                 Target::Ip("1.2.3.4".parse().unwrap()),
-                Kind::Ban,
+                Remediation::Ban,
                 NOW + 3599
             ),
             op(
                 Some(2),
                 Target::Range("10.0.0.0/24".parse().unwrap()),
-                Kind::Captcha,
+                Remediation::Captcha,
                 NOW + 10_800
             ),
             op(
                 None,
                 Target::Ip("5.6.7.8".parse().unwrap()),
-                Kind::Ban,
+                Remediation::Ban,
                 NOW + 3600
             ),
             // A Range value without a prefix length is one address, as the LAPI reads it.
             op(
                 None,
                 Target::Ip("3.3.3.3".parse().unwrap()),
-                Kind::Ban,
+                Remediation::Ban,
                 NOW + 3600
             ),
             op(
                 None,
                 Target::Range("2001:db8::/32".parse().unwrap()),
-                Kind::Other,
+                Remediation::Other,
                 NOW + 3600
             ),
         ]
@@ -148,7 +148,10 @@ fn garbage_is_rejected_whole() {
 fn live_picks_strongest() {
     let body = r#"[{"duration":"1h","scope":"Ip","type":"captcha","value":"1.2.3.4"},
                    {"duration":"1h","scope":"Ip","type":"ban","value":"1.2.3.4"}]"#;
-    assert_eq!(parse_live(body.as_bytes(), NOW).unwrap(), Some(Kind::Ban));
+    assert_eq!(
+        parse_live(body.as_bytes(), NOW).unwrap(),
+        Some(Remediation::Ban)
+    );
     let expired = r#"[{"duration":"-1h","scope":"Ip","type":"ban","value":"1.2.3.4"}]"#;
     assert_eq!(parse_live(expired.as_bytes(), NOW).unwrap(), None);
 }

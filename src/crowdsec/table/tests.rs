@@ -4,7 +4,7 @@ use super::*;
 
 const NOW: u32 = 1_000_000;
 
-fn op(target: &str, kind: Kind, ttl: u32) -> Op {
+fn op(target: &str, kind: Remediation, ttl: u32) -> Op {
     let target = match target.parse::<IpAddr>() {
         Ok(ip) => Target::Ip(ip),
         Err(_) => Target::Range(target.parse().unwrap()),
@@ -17,7 +17,7 @@ fn op(target: &str, kind: Kind, ttl: u32) -> Op {
     }
 }
 
-fn lookup(t: &DecisionTable, ip: &str) -> Option<Kind> {
+fn lookup(t: &DecisionTable, ip: &str) -> Option<Remediation> {
     t.lookup(ip.parse().unwrap(), NOW)
 }
 
@@ -26,37 +26,37 @@ fn ips_ranges_and_kinds() {
     let t = DecisionTable::from_startup(&Delta {
         deleted: vec![],
         new: vec![
-            op("1.2.3.4", Kind::Ban, 60),
-            op("10.0.0.0/24", Kind::Ban, 60),
-            op("2001:db8::1", Kind::Ban, 60),
-            op("2001:db8:1::/48", Kind::Ban, 60),
-            op("5.5.5.5", Kind::Captcha, 60),
-            op("5.5.5.5", Kind::Ban, 60),
-            op("6.6.6.6", Kind::Captcha, 60),
-            op("7.7.7.7", Kind::Other, 60),
+            op("1.2.3.4", Remediation::Ban, 60),
+            op("10.0.0.0/24", Remediation::Ban, 60),
+            op("2001:db8::1", Remediation::Ban, 60),
+            op("2001:db8:1::/48", Remediation::Ban, 60),
+            op("5.5.5.5", Remediation::Captcha, 60),
+            op("5.5.5.5", Remediation::Ban, 60),
+            op("6.6.6.6", Remediation::Captcha, 60),
+            op("7.7.7.7", Remediation::Other, 60),
         ],
     });
-    assert_eq!(lookup(&t, "1.2.3.4"), Some(Kind::Ban));
+    assert_eq!(lookup(&t, "1.2.3.4"), Some(Remediation::Ban));
     assert_eq!(lookup(&t, "1.2.3.5"), None);
-    assert_eq!(lookup(&t, "10.0.0.0"), Some(Kind::Ban));
-    assert_eq!(lookup(&t, "10.0.0.77"), Some(Kind::Ban));
-    assert_eq!(lookup(&t, "10.0.0.255"), Some(Kind::Ban));
+    assert_eq!(lookup(&t, "10.0.0.0"), Some(Remediation::Ban));
+    assert_eq!(lookup(&t, "10.0.0.77"), Some(Remediation::Ban));
+    assert_eq!(lookup(&t, "10.0.0.255"), Some(Remediation::Ban));
     assert_eq!(lookup(&t, "10.0.1.0"), None);
     assert_eq!(lookup(&t, "9.255.255.255"), None);
-    assert_eq!(lookup(&t, "2001:db8::1"), Some(Kind::Ban));
+    assert_eq!(lookup(&t, "2001:db8::1"), Some(Remediation::Ban));
     assert_eq!(lookup(&t, "2001:db8::2"), None);
-    assert_eq!(lookup(&t, "2001:db8:1:ffff::9"), Some(Kind::Ban));
+    assert_eq!(lookup(&t, "2001:db8:1:ffff::9"), Some(Remediation::Ban));
     assert_eq!(
         lookup(&t, "5.5.5.5"),
-        Some(Kind::Ban),
+        Some(Remediation::Ban),
         "ban wins over captcha"
     );
-    assert_eq!(lookup(&t, "6.6.6.6"), Some(Kind::Captcha));
-    assert_eq!(lookup(&t, "7.7.7.7"), Some(Kind::Other));
+    assert_eq!(lookup(&t, "6.6.6.6"), Some(Remediation::Captcha));
+    assert_eq!(lookup(&t, "7.7.7.7"), Some(Remediation::Other));
     let c = t.counts();
     assert_eq!(c.total(), 8);
-    assert_eq!(c.ip[Kind::Ban.index()], 3);
-    assert_eq!(c.range[Kind::Ban.index()], 2);
+    assert_eq!(c.ip[Remediation::Ban.index()], 3);
+    assert_eq!(c.range[Remediation::Ban.index()], 2);
 }
 
 #[test]
@@ -64,12 +64,15 @@ fn deletions_are_idempotent_and_precede_additions() {
     let t = DecisionTable::from_startup(&Delta {
         deleted: vec![],
         new: vec![
-            op("1.2.3.4", Kind::Ban, 60),
-            op("10.0.0.0/24", Kind::Ban, 60),
+            op("1.2.3.4", Remediation::Ban, 60),
+            op("10.0.0.0/24", Remediation::Ban, 60),
         ],
     });
     let del = Delta {
-        deleted: vec![op("1.2.3.4", Kind::Ban, 0), op("10.0.0.0/24", Kind::Ban, 0)],
+        deleted: vec![
+            op("1.2.3.4", Remediation::Ban, 0),
+            op("10.0.0.0/24", Remediation::Ban, 0),
+        ],
         new: vec![],
     };
     let t2 = t.apply(&del);
@@ -77,28 +80,28 @@ fn deletions_are_idempotent_and_precede_additions() {
     assert_eq!(lookup(&t2, "10.0.0.1"), None);
     assert_eq!(
         lookup(&t, "1.2.3.4"),
-        Some(Kind::Ban),
+        Some(Remediation::Ban),
         "the old table is untouched"
     );
     let t3 = t2.apply(&del);
     assert_eq!(t3.counts().total(), 0);
     // A deletion repeated in the same delta as a re-add leaves the decision present.
     let t4 = t3.apply(&Delta {
-        deleted: vec![op("1.2.3.4", Kind::Ban, 0)],
-        new: vec![op("1.2.3.4", Kind::Ban, 60)],
+        deleted: vec![op("1.2.3.4", Remediation::Ban, 0)],
+        new: vec![op("1.2.3.4", Remediation::Ban, 60)],
     });
-    assert_eq!(lookup(&t4, "1.2.3.4"), Some(Kind::Ban));
+    assert_eq!(lookup(&t4, "1.2.3.4"), Some(Remediation::Ban));
     // Deleting the captcha of an IP keeps its ban.
     let t5 = t4
         .apply(&Delta {
             deleted: vec![],
-            new: vec![op("1.2.3.4", Kind::Captcha, 60)],
+            new: vec![op("1.2.3.4", Remediation::Captcha, 60)],
         })
         .apply(&Delta {
-            deleted: vec![op("1.2.3.4", Kind::Captcha, 0)],
+            deleted: vec![op("1.2.3.4", Remediation::Captcha, 0)],
             new: vec![],
         });
-    assert_eq!(lookup(&t5, "1.2.3.4"), Some(Kind::Ban));
+    assert_eq!(lookup(&t5, "1.2.3.4"), Some(Remediation::Ban));
     assert_eq!(t5.counts().total(), 1);
 }
 
@@ -108,12 +111,12 @@ fn applying_in_parts_equals_applying_at_once() {
     for i in 0..2000u32 {
         new.push(op(
             &std::net::Ipv4Addr::from(0x0B00_0000 + i * 7919).to_string(),
-            Kind::Ban,
+            Remediation::Ban,
             60,
         ));
     }
-    new.push(op("10.0.0.0/24", Kind::Ban, 60));
-    new.push(op("2001:db8::5", Kind::Captcha, 60));
+    new.push(op("10.0.0.0/24", Remediation::Ban, 60));
+    new.push(op("2001:db8::5", Remediation::Captcha, 60));
     let start = DecisionTable::from_startup(&Delta {
         deleted: vec![],
         new: new[..1000].to_vec(),
@@ -143,14 +146,14 @@ fn local_expiry_and_sweep() {
     let t = DecisionTable::from_startup(&Delta {
         deleted: vec![],
         new: vec![
-            op("1.2.3.4", Kind::Ban, 10),
-            op("1.2.3.5", Kind::Ban, 100),
-            op("10.0.0.0/8", Kind::Ban, 10),
+            op("1.2.3.4", Remediation::Ban, 10),
+            op("1.2.3.5", Remediation::Ban, 100),
+            op("10.0.0.0/8", Remediation::Ban, 10),
         ],
     });
     assert_eq!(
         t.lookup("1.2.3.4".parse().unwrap(), NOW + 9),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
     assert_eq!(t.lookup("1.2.3.4".parse().unwrap(), NOW + 10), None);
     assert_eq!(t.lookup("10.1.1.1".parse().unwrap(), NOW + 10), None);
@@ -159,7 +162,7 @@ fn local_expiry_and_sweep() {
     assert_eq!(swept.counts().total(), 1);
     assert_eq!(
         swept.lookup("1.2.3.5".parse().unwrap(), NOW + 10),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
 }
 
@@ -168,39 +171,39 @@ fn nested_ranges_flatten() {
     let t = DecisionTable::from_startup(&Delta {
         deleted: vec![],
         new: vec![
-            op("10.0.0.0/8", Kind::Captcha, 60),
-            op("10.1.0.0/16", Kind::Ban, 60),
-            op("10.1.2.0/24", Kind::Captcha, 60),
-            op("10.255.255.0/24", Kind::Ban, 60),
-            op("0.0.0.0/0", Kind::Other, 5),
-            op("255.255.255.255/32", Kind::Ban, 60),
+            op("10.0.0.0/8", Remediation::Captcha, 60),
+            op("10.1.0.0/16", Remediation::Ban, 60),
+            op("10.1.2.0/24", Remediation::Captcha, 60),
+            op("10.255.255.0/24", Remediation::Ban, 60),
+            op("0.0.0.0/0", Remediation::Other, 5),
+            op("255.255.255.255/32", Remediation::Ban, 60),
         ],
     });
-    assert_eq!(lookup(&t, "10.0.0.1"), Some(Kind::Other));
+    assert_eq!(lookup(&t, "10.0.0.1"), Some(Remediation::Other));
     assert_eq!(
         t.lookup("10.0.0.1".parse().unwrap(), NOW + 6),
-        Some(Kind::Captcha)
+        Some(Remediation::Captcha)
     );
     assert_eq!(
         t.lookup("10.1.2.3".parse().unwrap(), NOW + 6),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
     assert_eq!(
         t.lookup("10.1.3.3".parse().unwrap(), NOW + 6),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
     assert_eq!(
         t.lookup("10.2.0.0".parse().unwrap(), NOW + 6),
-        Some(Kind::Captcha)
+        Some(Remediation::Captcha)
     );
     assert_eq!(
         t.lookup("10.255.255.9".parse().unwrap(), NOW + 6),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
     assert_eq!(t.lookup("11.0.0.0".parse().unwrap(), NOW + 6), None);
     assert_eq!(
         t.lookup("255.255.255.255".parse().unwrap(), NOW + 6),
-        Some(Kind::Ban)
+        Some(Remediation::Ban)
     );
     assert_eq!(t.lookup("255.255.255.254".parse().unwrap(), NOW + 6), None);
 }
@@ -223,7 +226,7 @@ fn flatten_matches_brute_force() {
             let net = ipnet::Ipv4Net::new(addr, len).unwrap().trunc();
             let d = Decision {
                 id: next(),
-                kind: Kind::ALL[(next() % 3) as usize],
+                kind: Remediation::ALL[(next() % 3) as usize],
                 until: NOW + 1 + (next() % 5) as u32,
             };
             ranges
