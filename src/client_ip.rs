@@ -1,4 +1,4 @@
-//! Who the client is: the `X-Forwarded-For` walk over trusted proxies (SPEC step 1).
+//! Who the client is: the `X-Forwarded-For` walk over trusted proxies (step 1 of the decision).
 //!
 //! Invariants: a header is only believed when the TCP peer is a trusted proxy; the walk goes
 //! right to left and stops at the first untrusted address, so a client can prepend whatever it

@@ -1,4 +1,4 @@
-//! The Prometheus metrics of SPEC's table, registered once and handed out as cheap handles.
+//! The Prometheus metrics of README's "Metrics and logs" table, registered once and handed out as cheap handles.
 //!
 //! Invariant: the request path never looks a label set up in a map; every `(endpoint,
 //! verdict)` counter and every endpoint histogram is resolved at start-up into a fixed array,

@@ -1,4 +1,4 @@
-//! Per-client rate limit (SPEC step 3): a keyed GCRA limiter from `governor`.
+//! Per-client rate limit (step 3 of the decision, README "The decision"): a keyed GCRA limiter from `governor`.
 //!
 //! Invariants: the key is derived only from the already-decided client IP (or a session's
 //! user), so spoofed headers cannot pick a fresh bucket; IPv6 clients share one bucket per

@@ -355,7 +355,7 @@ pub enum PathError {
     Escapes,
 }
 
-/// Normalises the path of a request target as SPEC step 4 says. Borrows when nothing changes,
+/// Normalises the path of a request target as step 4 of the decision says (README "The decision"). Borrows when nothing changes,
 /// which is the common case on the hot path.
 pub fn normalize_path(target: &[u8]) -> Result<Cow<'_, str>, PathError> {
     // A request target never holds a raw `#`, a control byte or a space; nginx's $request_uri

@@ -1,4 +1,4 @@
-//! The mirror property (SPEC step 2): random sequences of stream deltas, in every spelling the
+//! The mirror property (step 2 of the decision: the gate answers what the LAPI would): random sequences of stream deltas, in every spelling the
 //! LAPI sends, go through the parser into the decision table and into a plain reference model
 //! of the LAPI (a list of decisions, each living until its own deletion or expiry); for every
 //! probed address at every step, the table answers what the model does.
