@@ -6,13 +6,30 @@
 
 use std::time::Duration;
 
+/// Why a config duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing but whitespace.
+    #[error("empty duration")]
+    Empty,
+    /// Not a humantime duration; the text and humantime's reason.
+    #[error("invalid duration {text:?}: {reason}")]
+    Invalid { text: String, reason: String },
+}
+
 /// Parses a config duration such as `"10s"`, `"5m"`, `"1h30m"`, `"7d"`, `"250ms"`.
-pub fn parse_human(text: &str) -> Result<Duration, String> {
+///
+/// # Errors
+/// Empty, or not a humantime duration.
+pub fn parse_human(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".to_owned());
+        return Err(DurationError::Empty);
     }
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+    humantime::parse_duration(text).map_err(|e| DurationError::Invalid {
+        text: text.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Formats a duration so that [`parse_human`] reads it back exactly: the largest units first,

@@ -43,8 +43,8 @@ impl HostPattern {
     /// Parses `app.example.com` or `*.example.com` (any case, one trailing dot allowed).
     ///
     /// # Errors
-    /// Not a host name or `*.` pattern: a port, a scheme, an empty or over-long label.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// [`RuleError::NotAHost`]: a port, a scheme, an empty or over-long label.
+    pub fn parse(text: &str) -> Result<Self, RuleError> {
         let lower = text.trim().to_ascii_lowercase();
         let lower = lower.strip_suffix('.').unwrap_or(&lower);
         let (pattern, name) = match lower.strip_prefix("*.") {
@@ -54,9 +54,7 @@ impl HostPattern {
         if is_host_name(name) {
             Ok(pattern)
         } else {
-            Err(format!(
-                "not a host name or *.domain pattern (no port, no scheme): {text:?}"
-            ))
+            Err(RuleError::NotAHost(text.to_owned()))
         }
     }
 
@@ -87,15 +85,31 @@ pub struct PathPrefix {
     raw: String,
 }
 
+/// Why a rule's `host` or `path_prefix` was refused; each holds the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// Not a host name or `*.domain` pattern.
+    #[error("not a host name or *.domain pattern (no port, no scheme): {0:?}")]
+    NotAHost(String),
+    /// Not an absolute path, or it carries a query or fragment.
+    #[error("must be a path starting with / (no query or fragment): {0:?}")]
+    NotAPath(String),
+    /// A path requests could not match, for the reason the request path would be refused.
+    #[error("invalid path prefix {0:?}: {1}")]
+    BadPath(String, PathError),
+}
+
 impl PathPrefix {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parses a prefix as written in `[[rules]]`, normalised as request paths are.
+    ///
+    /// # Errors
+    /// [`RuleError::NotAPath`] or [`RuleError::BadPath`].
+    pub fn parse(text: &str) -> Result<Self, RuleError> {
         if !text.starts_with('/') || text.contains(['?', '#']) {
-            return Err(format!(
-                "must be a path starting with / (no query or fragment): {text:?}"
-            ));
+            return Err(RuleError::NotAPath(text.to_owned()));
         }
-        let normal = normalize_path(text.as_bytes())
-            .map_err(|e| format!("invalid path prefix {text:?}: {e}"))?;
+        let normal =
+            normalize_path(text.as_bytes()).map_err(|e| RuleError::BadPath(text.to_owned(), e))?;
         let trimmed = normal.trim_end_matches('/');
         Ok(PathPrefix {
             normal: if trimmed.is_empty() {

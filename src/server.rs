@@ -95,7 +95,7 @@ async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> any
     let pages = GatePages::new(public_url.host_str().unwrap_or_default(), public_url.path())
         .ok_or_else(|| anyhow::anyhow!("server.public_url has no usable host name"))?;
     Ok(Login {
-        provider: Provider::new(auth, callback.as_str()).map_err(anyhow::Error::msg)?,
+        provider: Provider::new(auth, callback.as_str())?,
         pages,
         sessions,
         emails: EmailPolicy::new(

@@ -41,111 +41,177 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why the listener's certificate, key or client CA cannot be used. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A PEM block that does not decode.
+    #[error("{}: not a PEM certificate file: {reason}", path.display())]
+    NotPem { path: PathBuf, reason: String },
+    /// No `CERTIFICATE` block at all (a DER file, or a key given as the certificate).
+    #[error("{}: no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it", path.display())]
+    NoCertificate { path: PathBuf },
+    /// RFC 6125 §6.4.4: clients match the name they dial against the subjectAltName, never the
+    /// subject's CN.
+    #[error(
+        "{}: the certificate has no subjectAltName; clients check the name they dial \
+         (e.g. DNS:jacker-gate) against it",
+        path.display()
+    )]
+    NoSubjectAltName { path: PathBuf },
+    /// RFC 5280 §4.2.1.12: an extendedKeyUsage without serverAuth is refused by clients.
+    #[error(
+        "{}: the certificate's extendedKeyUsage does not allow serverAuth; clients refuse it \
+         for a server",
+        path.display()
+    )]
+    NotForServerAuth { path: PathBuf },
+    /// RFC 5280 §4.2.1.9: a client CA must have basicConstraints CA:TRUE.
+    #[error(
+        "{}: {subject} is not a CA certificate (basicConstraints CA:TRUE); give the \
+         certificate of the CA that issued the clients' certificates",
+        path.display()
+    )]
+    NotACa { path: PathBuf, subject: String },
+    /// RFC 5280 §4.2.1.3: a CA's keyUsage, when present, must allow keyCertSign.
+    #[error("{}: {subject}'s keyUsage does not allow keyCertSign", path.display())]
+    CaCannotSign { path: PathBuf, subject: String },
+    /// No private key block.
+    #[error("{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {reason}", path.display())]
+    NoKey { path: PathBuf, reason: String },
+    /// A key rustls cannot sign with.
+    #[error("{}: unusable private key: {reason}", path.display())]
+    BadKey { path: PathBuf, reason: String },
+    /// The key is not the certificate's.
+    #[error(
+        "{} and {} do not belong together: the key is not the certificate's",
+        cert.display(),
+        key.display()
+    )]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    /// A certificate rustls cannot use, e.g. X.509 v1 (`openssl x509 -req` without
+    /// `-extfile`).
+    #[error(
+        "{}: not a usable certificate ({reason}); it must be X.509 v3 with a subjectAltName \
+         for the name clients dial",
+        path.display()
+    )]
+    BadCertificate { path: PathBuf, reason: String },
+    /// A CA certificate the verifier cannot use.
+    #[error("{}: not a usable CA certificate: {reason}", path.display())]
+    BadCa { path: PathBuf, reason: String },
+    /// rustls refused the settings themselves.
+    #[error("TLS settings refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Reads a PEM certificate chain (leaf first).
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(path)?)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| TlsError::NotPem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(chain)
 }
 
-/// What every TLS client would refuse in a server certificate: no subjectAltName (RFC 6125
-/// §6.4.4: clients match the name they dial there, not in the subject's CN), or an
-/// extendedKeyUsage without serverAuth (RFC 5280 §4.2.1.12). Other problems are left to rustls.
-fn check_server_leaf(path: &Path, der: &CertificateDer<'_>) -> Result<(), String> {
+/// What every TLS client would refuse in a server certificate: no subjectAltName, or an
+/// extendedKeyUsage without serverAuth. Other problems are left to rustls.
+fn check_server_leaf(path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError> {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return Ok(());
     };
+    let path = path.to_owned();
     if cert.subject_alternative_name().ok().flatten().is_none() {
-        return Err(format!(
-            "{}: the certificate has no subjectAltName; clients check the name they dial              (e.g. DNS:jacker-gate) against it",
-            path.display()
-        ));
+        return Err(TlsError::NoSubjectAltName { path });
     }
     if let Ok(Some(eku)) = cert.extended_key_usage() {
         if !eku.value.server_auth && !eku.value.any {
-            return Err(format!(
-                "{}: the certificate's extendedKeyUsage does not allow serverAuth; clients                  refuse it for a server",
-                path.display()
-            ));
+            return Err(TlsError::NotForServerAuth { path });
         }
     }
     Ok(())
 }
 
-/// A client CA must be a CA (RFC 5280 §4.2.1.9 basicConstraints cA, §4.2.1.3 keyCertSign):
-/// a leaf certificate there would admit no client at all.
-fn check_ca(path: &Path, der: &CertificateDer<'_>) -> Result<(), String> {
+/// A client CA must be a CA: a leaf certificate there would admit no client at all.
+fn check_ca(path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError> {
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return Ok(());
     };
+    let (path, subject) = (path.to_owned(), cert.subject().to_string());
     if !cert.is_ca() {
-        return Err(format!(
-            "{}: {} is not a CA certificate (basicConstraints CA:TRUE); give the certificate              of the CA that issued the clients' certificates",
-            path.display(),
-            cert.subject()
-        ));
+        return Err(TlsError::NotACa { path, subject });
     }
     if let Ok(Some(ku)) = cert.key_usage() {
         if !ku.value.key_cert_sign() {
-            return Err(format!(
-                "{}: {}'s keyUsage does not allow keyCertSign",
-                path.display(),
-                cert.subject()
-            ));
+            return Err(TlsError::CaCannotSign { path, subject });
         }
     }
     Ok(())
 }
 
 /// Reads the certificate and key and checks that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+///
+/// # Errors
+/// Either file unreadable or not PEM, a key rustls cannot use, a key that is not the
+/// certificate's, or a certificate clients would refuse for a server.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = read_chain(cert)?;
-    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        format!(
-            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {e}",
-            key.display()
-        )
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| TlsError::NoKey {
+        path: key.to_owned(),
+        reason: e.to_string(),
     })?;
     let signing = provider()
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+        .map_err(|e| TlsError::BadKey {
+            path: key.to_owned(),
+            reason: e.to_string(),
+        })?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "{} and {} do not belong together: the key is not the certificate's",
-            cert.display(),
-            key.display()
-        ),
-        // Anything else is the certificate itself, e.g. an X.509 v1 certificate (`openssl
-        // x509 -req` without `-extfile`): the listener needs v3 with a subjectAltName.
-        e => format!(
-            "{}: not a usable certificate ({e}); it must be X.509 v3 with a subjectAltName \
-             for the name clients dial",
-            cert.display()
-        ),
+        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        },
+        // Anything else is the certificate itself.
+        e => TlsError::BadCertificate {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        },
     })?;
     check_server_leaf(cert, &certified.cert[0])?;
     Ok(certified)
 }
 
 /// The verifier of client certificates, from the CA file.
-fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
+fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bad_ca = |reason: String| TlsError::BadCa {
+        path: ca.to_owned(),
+        reason,
+    };
     let mut roots = RootCertStore::empty();
     for cert in read_chain(ca)? {
         check_ca(ca, &cert)?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| bad_ca(e.to_string()))?;
     }
     // A certificate is verified when one is presented; a connection without one is served
     // `/healthz` only (see `Reloader::requires_client_cert`), so that the container's own
@@ -153,7 +219,7 @@ fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("{}: {e}", ca.display()))
+        .map_err(|e| bad_ca(e.to_string()))
 }
 
 /// Every problem with the files that were given, for `check-config` (empty when the listener
@@ -161,7 +227,7 @@ fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
 pub fn check(
     pair: Option<(&Path, &Path)>,
     client_ca: Option<&Path>,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(&'static str, TlsError)> {
     let mut problems = Vec::new();
     if let Some((cert, key)) = pair {
         if let Err(e) = load_certified_key(cert, key) {
@@ -198,7 +264,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads the files once. Errors: what [`check`] reports.
-    pub fn new(files: TlsFiles) -> Result<Arc<Self>, String> {
+    pub fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let current = load_certified_key(&files.cert, &files.key)?;
         let verifier = match &files.client_ca {
             Some(ca) => Some(Arc::new(ReloadingVerifier {
@@ -255,10 +321,12 @@ impl Reloader {
 
     /// The rustls configuration of the listener: this certificate, ALPN `h2` then `http/1.1`,
     /// and the client CA when one is configured.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, String> {
+    ///
+    /// # Errors
+    /// [`TlsError::Rustls`] if the crypto provider offers no safe protocol version.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
         let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .with_safe_default_protocol_versions()?;
         let builder = match &self.verifier {
             Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
             None => builder.with_no_client_auth(),

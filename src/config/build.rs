@@ -93,7 +93,7 @@ fn server(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) {
     for (key, problem) in
         crate::tls::check(cert.as_deref().zip(key.as_deref()), client_ca.as_deref())
     {
-        cx.err(key, problem);
+        cx.err(key, problem.to_string());
     }
     if let (Some(cert), Some(key)) = (cert, key) {
         srv.tls = Some(TlsFiles {
@@ -413,7 +413,7 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
         read::domain_suffixes,
     );
     se.cookie_secret = s.get("cookie_secret_file", cx, |v, e| {
-        CookieSecret::try_from(read::secret(v, e)?)
+        CookieSecret::try_from(read::secret(v, e)?).map_err(|e| e.to_string())
     });
     s.set("cookie_secure", cx, &mut se.cookie_secure, read::boolean);
     s.set("lifetime", cx, &mut se.lifetime, read::duration);
@@ -467,9 +467,11 @@ fn rule(i: usize, item: Value, auth_on: bool, cx: &mut Cx<'_>) -> Option<Rule> {
     };
     let mut s = Section::new(name, table);
     let errors_before = cx.count();
-    let host = s.get("host", cx, |v, e| HostPattern::parse(&read::string(v, e)?));
+    let host = s.get("host", cx, |v, e| {
+        HostPattern::parse(&read::string(v, e)?).map_err(|e| e.to_string())
+    });
     let path_prefix = s.get("path_prefix", cx, |v, e| {
-        PathPrefix::parse(&read::string(v, e)?)
+        PathPrefix::parse(&read::string(v, e)?).map_err(|e| e.to_string())
     });
     let methods = s
         .get("methods", cx, |v, e| {

@@ -271,6 +271,28 @@ pub struct Log {
     pub level: String,
 }
 
+/// Why a secret file or the cookie secret in it was refused. Never holds the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file cannot be read as text.
+    #[error("cannot read secret file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file holds only whitespace.
+    #[error("secret file {} is empty", path.display())]
+    Empty { path: PathBuf },
+    /// The cookie secret is not base64.
+    #[error("is not base64 (generate one with `jacker-gate gen-secret`)")]
+    NotBase64,
+    /// The cookie secret decodes to fewer than 32 bytes.
+    #[error(
+        "holds {0} bytes; at least 32 random bytes are needed (generate one with `jacker-gate gen-secret`)"
+    )]
+    TooShort(usize),
+}
+
 /// A secret read from a file. Compares and prints by path; the contents never reach `Debug`.
 #[derive(Clone)]
 pub struct SecretFile {
@@ -283,13 +305,17 @@ impl SecretFile {
     /// Reads the file, dropping trailing whitespace (secret files are often written by `echo`).
     ///
     /// # Errors
-    /// The file cannot be read, or holds only whitespace.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    /// The file cannot be read as UTF-8 text, or holds only whitespace.
+    pub fn read(path: &Path) -> Result<Self, SecretError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let trimmed = text.trim_end();
         if trimmed.is_empty() {
-            return Err(format!("secret file {} is empty", path.display()));
+            return Err(SecretError::Empty {
+                path: path.to_owned(),
+            });
         }
         Ok(Self {
             path: path.to_owned(),
@@ -337,9 +363,9 @@ impl fmt::Debug for CookieSecret {
 }
 
 impl TryFrom<SecretFile> for CookieSecret {
-    type Error = String;
+    type Error = SecretError;
 
-    fn try_from(file: SecretFile) -> Result<Self, String> {
+    fn try_from(file: SecretFile) -> Result<Self, SecretError> {
         let key = decode_cookie_secret(file.expose())?.into();
         Ok(Self { file, key })
     }
@@ -348,19 +374,16 @@ impl TryFrom<SecretFile> for CookieSecret {
 /// Decodes a cookie secret: base64, standard or URL-safe alphabet, padding optional.
 ///
 /// # Errors
-/// Not base64, or fewer than 32 bytes once decoded; the message says how to make one.
-pub fn decode_cookie_secret(text: &str) -> Result<Vec<u8>, String> {
+/// [`SecretError::NotBase64`], or [`SecretError::TooShort`] under 32 bytes once decoded.
+pub fn decode_cookie_secret(text: &str) -> Result<Vec<u8>, SecretError> {
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     let t = text.trim().trim_end_matches('=');
     let bytes = STANDARD_NO_PAD
         .decode(t)
         .or_else(|_| URL_SAFE_NO_PAD.decode(t))
-        .map_err(|_| "is not base64 (generate one with `jacker-gate gen-secret`)".to_owned())?;
+        .map_err(|_| SecretError::NotBase64)?;
     if bytes.len() < 32 {
-        return Err(format!(
-            "holds {} bytes; at least 32 random bytes are needed (generate one with `jacker-gate gen-secret`)",
-            bytes.len()
-        ));
+        return Err(SecretError::TooShort(bytes.len()));
     }
     Ok(bytes)
 }

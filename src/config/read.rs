@@ -190,7 +190,7 @@ pub(super) fn ranged<T: TryFrom<i64>>(
 
 pub(super) fn duration(v: &Value, _env: bool) -> Result<Duration, String> {
     match v {
-        Value::String(s) => parse_human(s),
+        Value::String(s) => parse_human(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "expected a duration string such as \"10s\", found {}",
             other.type_str()
@@ -300,7 +300,7 @@ pub(super) fn web_url(v: &Value, env: bool) -> Result<Url, String> {
 
 pub(super) fn secret(v: &Value, env: bool) -> Result<SecretFile, String> {
     let s = string(v, env)?;
-    SecretFile::read(Path::new(&s))
+    SecretFile::read(Path::new(&s)).map_err(|e| e.to_string())
 }
 
 /// A path to a file that exists and can be stat'ed; its contents are checked by the caller.

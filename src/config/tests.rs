@@ -279,6 +279,7 @@ fn cookie_secrets() {
     );
     assert!(decode_cookie_secret(&STANDARD.encode([1u8; 31]))
         .unwrap_err()
+        .to_string()
         .contains("31 bytes"));
     assert!(decode_cookie_secret("not base64!!").is_err());
 

@@ -88,13 +88,24 @@ pub struct Provider {
     refresh: Mutex<Option<Instant>>,
 }
 
+/// Why the provider client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// reqwest could not build the HTTP client (no TLS backend).
+    #[error("cannot build the provider's HTTP client: {0}")]
+    Client(reqwest::Error),
+    /// The issuer or callback URL was refused by openidconnect.
+    #[error("bad provider URL: {0}")]
+    Url(url::ParseError),
+}
+
 impl Provider {
     /// `callback` is `{public_url}/oauth2/callback`. Discovery happens later, in [`Provider::run`].
     ///
     /// # Errors
     /// The HTTP client cannot be built, or the issuer or callback is not a URL openidconnect
     /// takes (the config loader already checked both).
-    pub fn new(auth: &Auth, callback: &str) -> Result<Arc<Self>, String> {
+    pub fn new(auth: &Auth, callback: &str) -> Result<Arc<Self>, SetupError> {
         let kind = auth.provider;
         let issuer = auth.issuer_url.as_str().trim_end_matches('/').to_owned();
         let secret = auth.client_secret.expose().to_owned();
@@ -107,13 +118,13 @@ impl Provider {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("jacker-gate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SetupError::Client)?;
         Ok(Arc::new(Self {
             kind,
-            issuer: IssuerUrl::new(issuer).map_err(|e| e.to_string())?,
+            issuer: IssuerUrl::new(issuer).map_err(SetupError::Url)?,
             client_id: ClientId::new(auth.client_id.clone()),
             client_secret: ClientSecret::new(secret),
-            redirect: RedirectUrl::new(callback.to_owned()).map_err(|e| e.to_string())?,
+            redirect: RedirectUrl::new(callback.to_owned()).map_err(SetupError::Url)?,
             http,
             discovered: ArcSwapOption::empty(),
             refresh: Mutex::new(None),
