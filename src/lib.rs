@@ -23,10 +23,12 @@ pub mod oauth;
 pub mod session;
 
 pub mod http;
-pub mod logging;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod server;
-pub mod tls;
+pub(crate) mod server;
+pub(crate) mod tls;
+
+pub mod cli;
 
 /// An error with its sources, `: `-joined: HTTP client errors keep the useful part (connection
 /// refused, a certificate problem, a timeout) in their sources.

@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Log, LogFormat};
 
 /// Installs the global subscriber; logs go to stderr.
-pub fn init(config: &Log) {
+pub(crate) fn init(config: &Log) {
     // The level was validated when the config was loaded.
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal: in a file or a log collector the escape codes

@@ -52,7 +52,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// # Errors
 /// Only what the config loader cannot see: a thread that cannot be started, an HTTP client
 /// that cannot be built.
-pub async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
+pub(crate) async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
     let metrics = Arc::new(Metrics::new());
     let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
     let login = match &config.auth {
@@ -114,7 +114,7 @@ async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> any
 }
 
 /// Runs the gate until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let app = build_app(&config).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -177,7 +177,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// The plain HTTP/1.1 listener; returns once `shutdown` has resolved and connections have
 /// drained.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     config: &Config,
@@ -257,7 +257,7 @@ const MAX_STREAMS: u32 = 256;
 /// The TLS listener: each connection's handshake (bounded by `header_read_timeout`), then
 /// HTTP/2 or HTTP/1.1 as ALPN chose (HTTP/1.1 without ALPN). Returns once `shutdown` has
 /// resolved and connections have drained.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     listener: TcpListener,
     app: Arc<App>,
     config: &Config,
@@ -429,7 +429,7 @@ impl std::fmt::Display for NoClientCertificate {
 impl std::error::Error for NoClientCertificate {}
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

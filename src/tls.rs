@@ -27,7 +27,7 @@ use rustls::{
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How often the certificate and key files are checked for a renewal.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The listener's TLS settings as the config names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Why the listener's certificate, key or client CA cannot be used. Each names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The file cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -173,7 +173,7 @@ fn check_ca(path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError> {
 /// # Errors
 /// Either file unreadable or not PEM, a key rustls cannot use, a key that is not the
 /// certificate's, or a certificate clients would refuse for a server.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = read_chain(cert)?;
     let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| TlsError::NoKey {
         path: key.to_owned(),
@@ -224,7 +224,7 @@ fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
 
 /// Every problem with the files that were given, for `check-config` (empty when the listener
 /// can start): the certificate and key as a pair, the client CA on its own.
-pub fn check(
+pub(crate) fn check(
     pair: Option<(&Path, &Path)>,
     client_ca: Option<&Path>,
 ) -> Vec<(&'static str, TlsError)> {
@@ -255,7 +255,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// The certificate and client CA in use, swapped when the files on disk change.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     files: TlsFiles,
     current: ArcSwap<CertifiedKey>,
     verifier: Option<Arc<ReloadingVerifier>>,
@@ -264,7 +264,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Loads the files once. Errors: what [`check`] reports.
-    pub fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let current = load_certified_key(&files.cert, &files.key)?;
         let verifier = match &files.client_ca {
             Some(ca) => Some(Arc::new(ReloadingVerifier {
@@ -291,7 +291,7 @@ impl Reloader {
     /// Loads the files again if any changed. A pair that does not load (half written, or not
     /// matching) keeps the current certificate, and a client CA that does not load keeps the
     /// current one; both are retried at the next check.
-    pub fn reload_if_changed(&self) {
+    pub(crate) fn reload_if_changed(&self) {
         let mut last = self.stamps.lock().expect("stamp lock");
         let pair = Self::pair_stamp(&self.files);
         if pair.is_some() && pair != last.pair {
@@ -324,7 +324,7 @@ impl Reloader {
     ///
     /// # Errors
     /// [`TlsError::Rustls`] if the crypto provider offers no safe protocol version.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?;
         let builder = match &self.verifier {
@@ -399,7 +399,7 @@ impl Reloader {
     /// Without one, a connection is answered on `/healthz` only (the container's own
     /// healthcheck has no client certificate); every other request ends the connection
     /// unanswered.
-    pub fn requires_client_cert(&self) -> bool {
+    pub(crate) fn requires_client_cert(&self) -> bool {
         self.files.client_ca.is_some()
     }
 }
