@@ -34,6 +34,7 @@ pub struct TrustedProxies {
 }
 
 impl TrustedProxies {
+    /// The networks whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub fn new(nets: &[IpNet]) -> Self {
         let mut t = Self::default();
         for net in nets {

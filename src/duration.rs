@@ -14,7 +14,12 @@ pub enum DurationError {
     Empty,
     /// Not a humantime duration; the text and humantime's reason.
     #[error("invalid duration {text:?}: {reason}")]
-    Invalid { text: String, reason: String },
+    Invalid {
+        /// The duration as written.
+        text: String,
+        /// What humantime said.
+        reason: String,
+    },
 }
 
 /// Parses a config duration such as `"10s"`, `"5m"`, `"1h30m"`, `"7d"`, `"250ms"`.

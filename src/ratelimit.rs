@@ -66,9 +66,12 @@ const USER_TAG: u128 = 0xffff_fffe << 96;
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Within the budget.
     Allowed,
-    /// Over the limit; retry after this many whole seconds (at least 1).
+    /// Over the limit.
     Limited {
+        /// Whole seconds until one request's worth has refilled (at least 1), for
+        /// `Retry-After`.
         retry_after_secs: u64,
     },
 }
@@ -80,6 +83,8 @@ type Keyed<C> = RateLimiter<
     governor::middleware::NoOpMiddleware<<C as Clock>::Instant>,
 >;
 
+/// The keyed limiter: one GCRA bucket per key, on the clock `C` (governor's monotonic clock,
+/// or a fake one in tests).
 pub struct Limiter<C: Clock = DefaultClock> {
     limiter: Option<Keyed<C>>,
     clock: C,
@@ -90,12 +95,14 @@ pub struct Limiter<C: Clock = DefaultClock> {
 }
 
 impl Limiter<DefaultClock> {
+    /// A limiter on the monotonic clock.
     pub fn new(config: &RateLimit) -> Self {
         Self::with_clock(config, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> Limiter<C> {
+    /// A limiter on `clock`; `per_second = 0` makes one that allows everything.
     pub fn with_clock(config: &RateLimit, clock: C) -> Self {
         let limiter = NonZeroU32::new(config.per_second).map(|rate| {
             let burst = NonZeroU32::new(config.burst).unwrap_or(rate);
@@ -118,6 +125,7 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
+    /// Whether requests are limited at all.
     pub fn enabled(&self) -> bool {
         self.limiter.is_some()
     }
@@ -143,6 +151,7 @@ impl<C: Clock + Clone> Limiter<C> {
         RateKey(USER_TAG | u128::from(self.user_hasher.hash_one(user)))
     }
 
+    /// Takes one request from `key`'s bucket.
     pub fn check(&self, key: RateKey) -> Outcome {
         let Some(limiter) = &self.limiter else {
             return Outcome::Allowed;
@@ -171,6 +180,7 @@ impl<C: Clock + Clone> Limiter<C> {
         self.limiter.as_ref().map_or(0, |l| l.len())
     }
 
+    /// Whether no bucket is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

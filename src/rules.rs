@@ -14,19 +14,12 @@ use crate::domain::{is_below, is_host_name};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
+    /// 200 without a login.
     Public,
+    /// A valid session is needed (step 5).
     Login,
+    /// 403.
     Deny,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Public => "public",
-            Policy::Login => "login",
-            Policy::Deny => "deny",
-        }
-    }
 }
 
 /// A rule's host: exact, or `*.example.com`, whose match is on a label boundary and never
@@ -144,12 +137,16 @@ impl PathPrefix {
     }
 }
 
+/// One `[[rules]]` entry; an omitted key matches everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// The request host it applies to.
     pub host: Option<HostPattern>,
+    /// The path prefix, on segment boundaries.
     pub path_prefix: Option<PathPrefix>,
     /// Upper-case method names; empty matches every method.
     pub methods: Vec<String>,
+    /// What it decides.
     pub policy: Policy,
 }
 
@@ -299,6 +296,8 @@ impl Rules {
         self.fallback == Policy::Login
     }
 
+    /// The policy of the first rule matching `method`, `host` (normalised) and `path`
+    /// (normalised), or the fallback: `login` with a provider, else `public`.
     pub fn policy(&self, method: &str, host: &str, path: &str) -> Policy {
         self.rules
             .iter()
@@ -347,24 +346,34 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
 /// Why a request path was refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// The path does not start with `/`.
     #[error("path does not start with /")]
     NotAbsolute,
+    /// A `%` not followed by two hex digits.
     #[error("bad percent-escape")]
     BadEscape,
+    /// `%2F`, `%5C` or `%00`: upstreams disagree on whether it separates segments.
     #[error("encoded /, \\ or NUL")]
     EncodedSeparator,
+    /// A raw `\`, which some servers read as `/`.
     #[error("backslash in path")]
     Backslash,
+    /// A raw control byte, space, `#`, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|` or `}`.
     #[error("a byte that has no place in a request target (control, space, #, quote, <>^`{{|}})")]
     InvalidByte,
+    /// A `;`: path parameters (`/x/..;/admin`) are read differently by Java servers.
     #[error("semicolon (path parameter) in path")]
     Semicolon,
+    /// An encoded control character.
     #[error("encoded control character in path")]
     ControlChar,
+    /// A `..` that would remove an empty segment (`/x//../admin`).
     #[error("`..` after an empty segment: proxies and servers resolve it differently")]
     Ambiguous,
+    /// Bytes that are not UTF-8 once decoded.
     #[error("path is not UTF-8 after decoding")]
     NotUtf8,
+    /// More `..` than segments.
     #[error("path escapes /")]
     Escapes,
 }

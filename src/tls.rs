@@ -32,8 +32,11 @@ pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// The listener's TLS settings as the config names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
+    /// PEM certificate chain, leaf first (`server.tls_cert_file`).
     pub cert: PathBuf,
+    /// PEM private key of the leaf (`server.tls_key_file`).
     pub key: PathBuf,
+    /// PEM CA certificates client certificates must chain to (`server.tls_client_ca_file`).
     pub client_ca: Option<PathBuf>,
 }
 

@@ -277,12 +277,17 @@ pub enum SecretError {
     /// The file cannot be read as text.
     #[error("cannot read secret file {}: {source}", path.display())]
     Read {
+        /// The secret file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// The file holds only whitespace.
     #[error("secret file {} is empty", path.display())]
-    Empty { path: PathBuf },
+    Empty {
+        /// The secret file.
+        path: PathBuf,
+    },
     /// The cookie secret is not base64.
     #[error("is not base64 (generate one with `jacker-gate gen-secret`)")]
     NotBase64,

@@ -32,6 +32,7 @@ struct RawDecision<'a> {
 /// A parsed stream answer: the delta and how many decisions were skipped.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
+    /// The deletions and additions to apply.
     pub delta: Delta,
     /// Decisions of a scope the gate does not enforce (e.g. `Country`, `AS`).
     pub other_scope: usize,
@@ -47,8 +48,11 @@ pub const MAX_SKIPPED_EXAMPLES: usize = 8;
 /// A decision the gate cannot enforce, as the LAPI sent it (scope and value cut to 64 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The decision's scope (`Ip`, `Range`, `Country`, ...).
     pub scope: String,
+    /// The decision's value (an address, a range, a country code, ...).
     pub value: String,
+    /// Why it was skipped, for the log.
     pub why: &'static str,
 }
 
@@ -131,8 +135,10 @@ fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
 /// A body that is not the JSON the LAPI is supposed to send.
 #[derive(Debug, thiserror::Error)]
 pub enum BadBody {
+    /// Not JSON, or JSON of another shape than the LAPI's.
     #[error("invalid LAPI response: {0}")]
     Json(#[from] serde_json::Error),
+    /// JSON, but not an object.
     #[error("invalid LAPI response: not a JSON object")]
     NotAnObject,
 }

@@ -13,17 +13,21 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-/// What CrowdSec decided. Every kind is enforced as a deny; `Ban` wins over the others when
-/// several apply, so logs and metrics show the strongest.
+/// The remediation a CrowdSec decision asks for (its `type`). Every remediation is enforced
+/// as a deny (403); `Ban` wins over the others when several apply, so logs and metrics show
+/// the strongest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Remediation {
+    /// `ban`.
     Ban,
     /// A decision type the gate has no special handling for; counted as a ban.
     Other,
+    /// `captcha`: the gate serves no captcha, so it denies.
     Captcha,
 }
 
 impl Remediation {
+    /// The remediation of a decision's `type`, case-insensitively.
     pub fn from_type(t: &str) -> Remediation {
         if t.eq_ignore_ascii_case("ban") {
             Remediation::Ban
@@ -34,6 +38,7 @@ impl Remediation {
         }
     }
 
+    /// The `type` label of the decisions gauge.
     pub fn as_str(self) -> &'static str {
         match self {
             Remediation::Ban => "ban",
@@ -77,7 +82,9 @@ impl Slots {
 /// What a decision applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
+    /// One address (IPv4-mapped IPv6 stored as IPv4).
     Ip(IpAddr),
+    /// A network, host bits cleared.
     Range(IpNet),
 }
 
@@ -88,7 +95,9 @@ pub struct Op {
     /// it; decisions of other types on the same address live on until their own deletion or
     /// expiry, as in the LAPI. See [`synthetic_id`] for decisions that come without one.
     pub id: u64,
+    /// The address or range.
     pub target: Target,
+    /// The decision's remediation.
     pub kind: Remediation,
     /// Unix seconds; ignored for deletions.
     pub until: u32,
@@ -208,7 +217,9 @@ fn expire_from(list: &mut Vec<Decision>, now: u32, counts: &mut [u64; 3]) -> boo
 /// deleted and re-added within one interval (or a deletion the LAPI repeats) ends up present.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delta {
+    /// Decisions to remove, applied first.
     pub deleted: Vec<Op>,
+    /// Decisions to add.
     pub new: Vec<Op>,
 }
 
@@ -347,7 +358,9 @@ impl<K: std::hash::Hash + Eq + Copy> Shard<K> {
 /// Decision counts by kind, for single IPs and for ranges (the decisions gauge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Decisions on single addresses, indexed by [`Remediation`] (ban, other, captcha).
     pub ip: [u64; 3],
+    /// Decisions on ranges, indexed the same way.
     pub range: [u64; 3],
 }
 
@@ -362,11 +375,14 @@ impl Counts {
         })
     }
 
+    /// Every decision, of every remediation and scope.
     pub fn total(&self) -> u64 {
         self.ip.iter().chain(&self.range).sum()
     }
 }
 
+/// The decisions the gate enforces: an immutable value, replaced whole by each sync (see the
+/// module's invariants). Cloning shares every shard.
 #[derive(Clone)]
 pub struct DecisionTable {
     v4: Box<[Arc<Shard<u32>>]>,
@@ -441,6 +457,7 @@ impl DecisionTable {
         }
     }
 
+    /// Decision counts by remediation and scope.
     pub fn counts(&self) -> Counts {
         self.counts
     }

@@ -10,6 +10,7 @@ use crate::domain::{is_host_name, DomainName};
 /// The outcome of the policy for one identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailVerdict {
+    /// May sign in.
     Allowed,
     /// `email_verified` is missing or false.
     Unverified,
