@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::gate::Gate;
+use support::peer::Peer;
 
 const RULES: &str = r#"
 [rate_limit]
@@ -413,29 +414,19 @@ async fn mtls_serves_the_cas_clients_only() {
 
     // A connection without a certificate is closed within seconds, even if the client never
     // sends anything (it cannot hold a slot Traefik needs).
-    let mut idle = std::process::Command::new("openssl")
+    // `-quiet` implies `-ign_eof`: s_client keeps the connection open until the gate closes it.
+    let mut command = std::process::Command::new("openssl");
+    command
         .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
-        .arg(gate.addr().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run openssl s_client");
-    let opened = Instant::now();
-    let closed = loop {
-        if idle.try_wait().unwrap().is_some() {
-            break true;
-        }
-        if opened.elapsed() > Duration::from_secs(15) {
-            let _ = idle.kill();
-            let _ = idle.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        .arg(gate.addr().to_string());
+    let mut idle = Peer::new("openssl s_client");
+    idle.spawn(command);
+    // README: such a connection is served for at most 5 s; 15 s leaves room for a slow machine.
+    let closed = idle.wait_exit(Duration::from_secs(15)).is_some();
     assert!(
         closed,
-        "a connection without a client certificate stayed open"
+        "a connection without a client certificate stayed open:\n{}",
+        idle.logs()
     );
 
     let other_ca = TestCa::new("someone else's CA");
