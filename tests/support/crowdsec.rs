@@ -40,7 +40,7 @@ pub(crate) struct Lapi {
 /// How a TLS LAPI treats client certificates (`api.server.tls.client_verification`).
 ///
 /// What CrowdSec 1.4.6 does with one (checked against the real thing, pinned in
-/// `tests/crowdsec_tls.rs`): a request that comes with a verified client certificate is
+/// `tests/gate/crowdsec_tls.rs`): a request that comes with a verified client certificate is
 /// authenticated by that certificate alone and `X-Api-Key` is not even read; the certificate's
 /// `OU` must be in `bouncers_allowed_ou` (set to `bouncer-ou` here) or the answer is 403, and the
 /// bouncer appears in `cscli bouncers list` as `<CN>@<ip>` with auth type `tls`. Requests

@@ -1,4 +1,4 @@
-//! Login test plumbing shared by `tests/login.rs`, `tests/proxies.rs` and `tests/browser.rs`: the
+//! Login test plumbing shared by the `login`, `proxies`, `browser`, `faults` and `traefik` tests: the
 //! install hint for the login peers, a gate config with `[auth]` and `[session]` pointing at the
 //! test provider, and the walk of one login through gate and provider redirects.
 
@@ -18,10 +18,6 @@ pub(crate) const COOKIE_NAME: &str = "_jacker_gate";
 
 /// base64 of 32 bytes: the cookie secret every test gate uses (two replicas must share it).
 pub(crate) const COOKIE_SECRET: &str = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtb2Ytc2VjcmV0IQ==";
-
-// Not every test binary imports it from here.
-#[allow(unused_imports)]
-pub(crate) use super::reserve_port;
 
 /// Finds `name` on `PATH`, or fails naming the install script.
 pub(crate) fn require_login_binary(name: &str) -> PathBuf {

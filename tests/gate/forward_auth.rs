@@ -1,14 +1,13 @@
 //! The HTTP edge over a real socket: the gate binary on a free port, driven with well-formed
 //! and malformed requests. Where SPEC forbids a 2xx there is none, and the gate keeps serving.
 
-mod support;
-
+use crate::support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::gate::Gate;
-use support::peer::Peer;
+use crate::support::gate::Gate;
+use crate::support::peer::Peer;
 
 const RULES: &str = r#"
 [rate_limit]
@@ -194,6 +193,7 @@ async fn malformed_heads_never_pass() {
 
 #[tokio::test]
 async fn slow_heads_are_cut_off() {
+    let _exclusive = support::exclusive().await;
     let gate = Gate::start("[server]\nheader_read_timeout = \"1s\"\n");
     let mut stream = TcpStream::connect(gate.addr()).unwrap();
     stream
@@ -268,7 +268,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 // ---------------------------------------------------------------------------------------------
 // The TLS listener (`server.tls_cert_file`, `tls_key_file`, `tls_client_ca_file`).
 
-use support::crowdsec::pki::{https_client, CertPair, TestCa};
+use crate::support::crowdsec::pki::{https_client, CertPair, TestCa};
 
 /// A CA, the gate's certificate for `jacker-gate` and 127.0.0.1, and a client certificate.
 struct Pki {
@@ -393,6 +393,7 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
 /// handshake.
 #[tokio::test]
 async fn mtls_serves_the_cas_clients_only() {
+    let _exclusive = support::exclusive().await;
     let p = pki();
     let gate = Gate::start(&tls_toml(&p, true));
     let with_cert = tls_client(&p, Some(&p.client));

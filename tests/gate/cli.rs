@@ -1,14 +1,13 @@
 //! The command line as SPEC gives it: `check-config`, `healthcheck`, `gen-secret`, and `run`
 //! on built-in defaults.
 
-mod support;
-
+use crate::support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::gate::{serving_addr, Gate};
+use crate::support::peer::Peer;
 use base64::Engine as _;
-use support::gate::{serving_addr, Gate};
-use support::peer::Peer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jacker-gate");
 
