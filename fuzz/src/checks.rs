@@ -1,5 +1,5 @@
 //! The property checks behind every fuzz target, written once: the targets in `fuzz_targets/`
-//! call them on fuzzer input, and `tests/fuzz_regressions.rs` includes this file by path to
+//! call them on fuzzer input, and `tests/gate/fuzz_regressions.rs` includes this file by path to
 //! replay the committed corpus through the same checks in the normal `cargo test`.
 //!
 //! Each check takes raw bytes and panics (with the input in the message) when its property

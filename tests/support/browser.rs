@@ -4,12 +4,13 @@
 //! navigations, what was blocked, the page text and the cookies.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::login::{require_login_binary, require_node_package};
+use super::peer::Peer;
 
 /// The whole run (browser start and every step) must end within this.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -75,40 +76,29 @@ pub(crate) fn run(steps: &[Step]) -> Value {
     });
     let scenario_path = dir.path().join("scenario.json");
     std::fs::write(&scenario_path, scenario.to_string()).expect("write scenario");
-    let stdout_path = dir.path().join("stdout");
-    let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(node)
+    let mut command = Command::new(node);
+    command
         .arg(script_dir.join("run.mjs"))
         .arg(&scenario_path)
         .current_dir(dir.path())
         .env("HOME", dir.path())
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn node run.mjs");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for browser script") {
-            break status;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            super::kill_and_reap(&mut child);
-            panic!(
-                "the browser script did not finish within {RUN_TIMEOUT:?}\nstderr:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        .env("XDG_CACHE_HOME", dir.path().join("cache"));
+    let mut script = Peer::new("the browser script");
+    script.spawn(command);
+    let Some(status) = script.wait_exit(RUN_TIMEOUT) else {
+        script.stop();
+        panic!(
+            "the browser script did not finish within {RUN_TIMEOUT:?}\noutput:\n{}",
+            script.logs()
+        );
     };
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let stdout = script.stdout();
     assert!(
         status.success(),
-        "the browser script failed ({status}):\nstderr:\n{stderr}\nstdout:\n{stdout}"
+        "the browser script failed ({status}):\noutput:\n{}",
+        script.logs()
     );
     serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("browser report is not JSON ({e}): {stdout}\n{stderr}"))
+        .unwrap_or_else(|e| panic!("browser report is not JSON ({e}): {}", script.logs()))
 }

@@ -8,27 +8,31 @@
 
 pub(crate) mod pki;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
 use self::pki::{blocking_https_get, https_client, CertPair, TestCa};
-use super::{blocking_get, free_port, kill_and_reap, require_binary, send_signal};
+use super::peer::{retry_on_taken_port, Peer, PortTaken};
+use super::{blocking_get, require_binary, reserve_port};
 
 /// How long the LAPI may take to answer `/health` (it takes about 0.2 s here).
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// CrowdSec takes its port from its config and does not say which one it got for `:0`, so the
+/// port is picked before start and a taken one replaced (see `peer`); `start_again` keeps it.
 pub(crate) struct Lapi {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
     port: u16,
     crowdsec: PathBuf,
     cscli: PathBuf,
-    child: Option<Child>,
     /// `None`: plain HTTP.
     tls: Option<TlsFiles>,
 }
@@ -36,7 +40,7 @@ pub(crate) struct Lapi {
 /// How a TLS LAPI treats client certificates (`api.server.tls.client_verification`).
 ///
 /// What CrowdSec 1.4.6 does with one (checked against the real thing, pinned in
-/// `tests/crowdsec_tls.rs`): a request that comes with a verified client certificate is
+/// `tests/gate/crowdsec_tls.rs`): a request that comes with a verified client certificate is
 /// authenticated by that certificate alone and `X-Api-Key` is not even read; the certificate's
 /// `OU` must be in `bouncers_allowed_ou` (set to `bouncer-ou` here) or the answer is 403, and the
 /// bouncer appears in `cscli bouncers list` as `<CN>@<ip>` with auth type `tls`. Requests
@@ -120,18 +124,21 @@ impl Lapi {
             .prefix("jacker-gate-lapi-")
             .tempdir()
             .expect("create LAPI temp dir");
-        let port = free_port();
         let tls = tls.map(|tls| make_tls_files(dir.path(), &tls));
-        write_config(dir.path(), port, tls.as_ref());
+        write_files(dir.path());
         let mut lapi = Lapi {
+            peer: Peer::new("crowdsec LAPI"),
             dir,
-            port,
+            port: 0,
             crowdsec,
             cscli,
-            child: None,
             tls,
         };
-        lapi.spawn();
+        retry_on_taken_port("crowdsec LAPI", || {
+            lapi.port = reserve_port();
+            write_config(lapi.dir.path(), lapi.port, lapi.tls.as_ref());
+            lapi.spawn()
+        });
         let credentials = lapi.path("local_api_credentials.yaml");
         match &lapi.tls {
             None => {
@@ -201,12 +208,12 @@ impl Lapi {
 
     /// The PID of the running LAPI, `None` after `stop`.
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.peer.pid()
     }
 
     /// What the LAPI logged so far (all of its runs), for failure messages.
     pub(crate) fn log(&self) -> String {
-        fs::read_to_string(self.path("crowdsec.log")).unwrap_or_default()
+        self.peer.logs()
     }
 
     /// Registers a bouncer and returns its API key (`cscli bouncers add NAME -o raw`).
@@ -291,102 +298,82 @@ impl Lapi {
 
     /// Kills the LAPI (by PID) and waits for it: the port refuses connections afterwards.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.peer.stop();
     }
 
     /// Starts the LAPI again on the same port with the same directory and database, so earlier
     /// decisions, machines and bouncer keys are still there.
     pub(crate) fn start_again(&mut self) {
-        self.stop();
-        self.spawn();
+        let port = self.port;
+        self.spawn().unwrap_or_else(|PortTaken| {
+            panic!(
+                "the LAPI's port {port} was taken while it was down:\n{}",
+                self.log()
+            )
+        });
     }
 
     /// Freezes the LAPI (SIGSTOP): connections are accepted by the kernel but never answered.
     pub(crate) fn pause(&self) {
-        send_signal(self.pid().expect("LAPI is running"), "STOP");
+        self.peer.pause();
     }
 
     /// Thaws a paused LAPI (SIGCONT).
     pub(crate) fn resume(&self) {
-        send_signal(self.pid().expect("LAPI is running"), "CONT");
+        self.peer.resume();
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("crowdsec.log"))
-            .expect("open LAPI log");
-        let child = Command::new(&self.crowdsec)
+    /// Starts crowdsec and waits until `/health` says it is up.
+    fn spawn(&mut self) -> Result<(), PortTaken> {
+        let mut command = Command::new(&self.crowdsec);
+        command
             .arg("-c")
             .arg(self.path("config.yaml"))
             .args(["-no-cs", "-no-capi"])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn crowdsec");
-        self.child = Some(child);
-        self.wait_healthy();
+            .current_dir(self.dir.path());
+        self.peer.spawn(command);
+        let health = HealthProbe {
+            addr: self.addr(),
+            port: self.port,
+            tls: self.tls.as_ref(),
+        };
+        self.peer
+            .wait_ready(START_TIMEOUT, |_| match health.poll() {
+                Ok((200, body)) if body.contains("\"up\"") => Ok(()),
+                seen => Err(format!("/health: {seen:?}")),
+            })
     }
+}
 
+/// What the health poll needs of a LAPI (borrowed apart from its `Peer`).
+struct HealthProbe<'a> {
+    addr: SocketAddr,
+    port: u16,
+    tls: Option<&'a TlsFiles>,
+}
+
+impl HealthProbe<'_> {
     /// `GET /health`: plain HTTP/1.0, or over TLS as the harness's own client (see `TlsFiles`).
-    fn poll_health(&self) -> Result<(u16, String), String> {
-        let Some(tls) = &self.tls else {
-            return blocking_get(self.addr(), "/health", Duration::from_secs(1))
+    fn poll(&self) -> Result<(u16, String), String> {
+        let Some(tls) = self.tls else {
+            return blocking_get(self.addr, "/health", Duration::from_secs(1))
                 .map_err(|e| e.to_string());
         };
         let identity = (tls.client_certs == ClientCerts::Required).then_some(&tls.agent);
         let mut builder = https_client(&tls.ca, identity).timeout(Duration::from_secs(1));
         let host = match &tls.dns_name {
             Some(name) => {
-                builder = builder.resolve(name, self.addr());
+                builder = builder.resolve(name, self.addr);
                 name.clone()
             }
             None => "127.0.0.1".to_owned(),
         };
         let client = builder.build().map_err(|e| e.to_string())?;
         blocking_https_get(&client, &format!("https://{host}:{}/health", self.port))
-    }
-
-    fn wait_healthy(&mut self) {
-        let start = Instant::now();
-        loop {
-            let seen = self.poll_health();
-            if let Ok((200, body)) = &seen {
-                if body.contains("\"up\"") {
-                    return;
-                }
-            }
-            let child = self.child.as_mut().expect("LAPI spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "crowdsec exited during start-up ({status}):\n{}",
-                    self.log()
-                );
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "crowdsec LAPI not up on {} after {START_TIMEOUT:?} (last /health: {seen:?}):\n{}",
-                    self.url(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Lapi {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -444,7 +431,7 @@ fn tls_config(dir: &Path, tls: &TlsFiles) -> (String, String) {
 }
 
 /// A LAPI-only configuration: everything under `dir`, no `online_client`, no Prometheus, logs on
-/// stdout (captured into `crowdsec.log`); with `tls`, HTTPS only.
+/// stdout (captured by its `Peer`); with `tls`, HTTPS only.
 fn write_config(dir: &Path, port: u16, tls: Option<&TlsFiles>) {
     let d = dir.display();
     let (tls_server, tls_client) = tls.map(|tls| tls_config(dir, tls)).unwrap_or_default();
@@ -484,6 +471,10 @@ api:
 "
     );
     fs::write(dir.join("config.yaml"), config).expect("write LAPI config");
+}
+
+/// The files the configuration names, apart from the configuration itself.
+fn write_files(dir: &Path) {
     for sub in ["data", "hub", "notifications"] {
         fs::create_dir_all(dir.join(sub)).expect("create LAPI dirs");
     }
@@ -500,5 +491,4 @@ on_success: break
 ",
     )
     .expect("write profiles.yaml");
-    File::create(dir.join("crowdsec.log")).expect("create LAPI log");
 }

@@ -15,15 +15,14 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::kill_and_reap;
-use super::login::reserve_port;
-use super::require_binary;
+use super::peer::{retry_on_taken_port, Peer};
+use super::{blocking_get, require_binary, reserve_port};
 
 const HUB: &str = "/usr/share/crowdsec/hub";
 const DATA: &str = "/usr/share/crowdsec/data";
@@ -104,85 +103,57 @@ impl AgentSetup {
         }
         enable_items(&d.join("etc"), &self.items);
 
-        let port = reserve_port();
-        let e = d.display();
-        let config = format!(
-            r#"common:
-  daemonize: false
-  log_media: file
-  log_dir: {e}/log/
-  log_level: info
-  working_dir: .
-config_paths:
-  config_dir: {e}/etc/
-  data_dir: {e}/data/
-  simulation_path: {e}/etc/simulation.yaml
-  hub_dir: {HUB}/
-  index_path: {HUB}/.index.json
-  notification_dir: {e}/etc/notifications/
-  plugin_dir: /usr/lib/crowdsec/plugins/
-crowdsec_service:
-  acquisition_dir: {e}/etc/acquis.d/
-  parser_routines: 1
-db_config:
-  log_level: info
-  type: sqlite
-  db_path: {e}/data/crowdsec.db
-  use_wal: true
-api:
-  client:
-    credentials_path: {e}/etc/local_api_credentials.yaml
-  server:
-    log_level: info
-    listen_uri: 127.0.0.1:{port}
-    profiles_path: {e}/etc/profiles.yaml
-    trusted_ips: [127.0.0.1, "::1"]
-prometheus:
-  enabled: false
-"#
-        );
         let config_path = d.join("etc/config.yaml");
-        std::fs::write(&config_path, config).expect("config.yaml");
         let mut agent = Agent {
+            peer: Peer::new("crowdsec agent").log_file(&d.join("log/crowdsec.log")),
             dir,
-            port,
+            port: 0,
             cscli,
             config: config_path,
-            child: None,
         };
-        agent.cscli(&[
-            "machines",
-            "add",
-            "test-agent",
-            "--auto",
-            "--force",
-            "-f",
-            &agent.path("etc/local_api_credentials.yaml"),
-            "--url",
-            &agent.url(),
-        ]);
-        let log = std::fs::File::create(agent.dir.path().join("log/stdout.log")).expect("log");
-        let child = Command::new(crowdsec)
-            .arg("-c")
-            .arg(&agent.config)
-            .arg("-no-capi")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn crowdsec");
-        agent.child = Some(child);
-        agent.wait_ready();
+        // CrowdSec does not say which port it got for `:0`: the port is picked here, and a taken
+        // one replaced (see `peer`).
+        retry_on_taken_port("crowdsec agent", || {
+            agent.port = reserve_port();
+            std::fs::write(&agent.config, agent_config(agent.dir.path(), agent.port))
+                .expect("config.yaml");
+            agent.cscli(&[
+                "machines",
+                "add",
+                "test-agent",
+                "--auto",
+                "--force",
+                "-f",
+                &agent.path("etc/local_api_credentials.yaml"),
+                "--url",
+                &agent.url(),
+            ]);
+            let mut command = Command::new(&crowdsec);
+            command.arg("-c").arg(&agent.config).arg("-no-capi");
+            agent.peer.spawn(command);
+            let addr = agent.addr();
+            // Ready when it tails its files (it reads them from their end) and its LAPI answers.
+            agent.peer.wait_ready(START_TIMEOUT, |peer| {
+                if !peer.logs().contains("Starting processing data") {
+                    return Err("not processing data yet".to_owned());
+                }
+                match blocking_get(addr, "/health", Duration::from_secs(1)) {
+                    Ok((200, _)) => Ok(()),
+                    seen => Err(format!("/health: {seen:?}")),
+                }
+            })
+        });
         agent
     }
 }
 
 pub(crate) struct Agent {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
     port: u16,
     cscli: PathBuf,
     config: PathBuf,
-    child: Option<Child>,
 }
 
 impl Agent {
@@ -203,13 +174,9 @@ impl Agent {
         self.dir.path().join(rel).display().to_string()
     }
 
-    /// crowdsec's log.
+    /// What crowdsec printed, then its log file.
     pub(crate) fn log(&self) -> String {
-        let main =
-            std::fs::read_to_string(self.dir.path().join("log/crowdsec.log")).unwrap_or_default();
-        let out =
-            std::fs::read_to_string(self.dir.path().join("log/stdout.log")).unwrap_or_default();
-        format!("{main}{out}")
+        self.peer.logs()
     }
 
     /// Registers a bouncer and returns its key.
@@ -249,39 +216,47 @@ impl Agent {
             .filter_map(|a| a["scenario"].as_str().map(str::to_owned))
             .collect()
     }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "crowdsec exited during start-up ({status}):\n{}",
-                    self.log()
-                );
-            }
-            if self.log().contains("Starting processing data") {
-                return;
-            }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "crowdsec not processing after {START_TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
-    }
+/// The agent's `config.yaml`: everything under `dir`, the hub from the package's snapshot, the
+/// LAPI on `127.0.0.1:port`.
+fn agent_config(dir: &Path, port: u16) -> String {
+    let e = dir.display();
+    format!(
+        r#"common:
+  daemonize: false
+  log_media: file
+  log_dir: {e}/log/
+  log_level: info
+  working_dir: .
+config_paths:
+  config_dir: {e}/etc/
+  data_dir: {e}/data/
+  simulation_path: {e}/etc/simulation.yaml
+  hub_dir: {HUB}/
+  index_path: {HUB}/.index.json
+  notification_dir: {e}/etc/notifications/
+  plugin_dir: /usr/lib/crowdsec/plugins/
+crowdsec_service:
+  acquisition_dir: {e}/etc/acquis.d/
+  parser_routines: 1
+db_config:
+  log_level: info
+  type: sqlite
+  db_path: {e}/data/crowdsec.db
+  use_wal: true
+api:
+  client:
+    credentials_path: {e}/etc/local_api_credentials.yaml
+  server:
+    log_level: info
+    listen_uri: 127.0.0.1:{port}
+    profiles_path: {e}/etc/profiles.yaml
+    trusted_ips: [127.0.0.1, "::1"]
+prometheus:
+  enabled: false
+"#
+    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {

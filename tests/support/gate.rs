@@ -1,19 +1,23 @@
 //! The real `jacker-gate` binary, run as `jacker-gate run --config FILE` from a temporary directory
-//! on a free 127.0.0.1 port, with its log output captured for the test to search. The test gives
-//! the TOML; only `server.listen` is filled in here. The process is killed by its PID on drop.
+//! on 127.0.0.1, with its log output captured for the test to search. The test gives the TOML;
+//! only `server.listen` is filled in here. The process is killed by its PID on drop.
+//!
+//! The gate binds `127.0.0.1:0` and its port is read from its "jacker-gate serving" log line, so
+//! no other process can take it first. Only a gate whose URL other peers must know before it
+//! starts (its `public_url` in a provider's redirect URIs) is given a port (`GateSetup::port`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tempfile::TempDir;
 
-use super::{blocking_get, free_port, kill_and_reap, send_signal};
+use super::blocking_get;
+use super::peer::Peer;
 
 /// A debug build starts in well under a second; this only bounds a broken start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -44,8 +48,8 @@ impl GateSetup {
         self
     }
 
-    /// Listens on `port` (from `free_port()`) instead of a port picked at start: for a gate whose
-    /// own URL must be known before it starts (its `server.public_url`, a peer's config).
+    /// Listens on `port` (from `reserve_port()`) instead of a port it picks itself: for a gate
+    /// whose own URL must be known before it starts (its `server.public_url`, a peer's config).
     pub(crate) fn port(mut self, port: u16) -> GateSetup {
         self.port = Some(port);
         self
@@ -58,19 +62,12 @@ impl GateSetup {
         self
     }
 
-    /// Writes `toml` (with `server.listen` set to a free port) and starts the gate, waiting until
-    /// `/healthz` answers 200. Panics, with the gate's logs, if it exits or never gets healthy.
+    /// Writes `toml` (with `server.listen` set) and starts the gate, waiting until `/healthz`
+    /// answers 200 on the port it serves on. Panics, with the gate's logs, if it exits or never
+    /// gets healthy.
     pub(crate) fn start(self, toml: &str) -> Gate {
-        let mut gate = self.launch(toml);
-        gate.wait_healthy();
-        gate
-    }
-
-    /// Like `start` but does not wait for `/healthz`: for a gate that is expected to fail.
-    pub(crate) fn launch(self, toml: &str) -> Gate {
-        let port = self.port.unwrap_or_else(free_port);
         let config_path = self.dir.path().join("gate.toml");
-        write_config(&config_path, toml, port);
+        std::fs::write(&config_path, toml).expect("write gate config");
         // A gate with `server.tls_cert_file` listens with TLS: its URL is https, and this
         // client (for `get` and the health polls) does not check the test certificate.
         let tls = toml.contains("tls_cert_file");
@@ -81,23 +78,17 @@ impl GateSetup {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("build HTTP client");
-        let log_file = self.log_file.map(|path| {
-            Arc::new(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .expect("open the gate's log file"),
-            ))
-        });
+        let mut peer = Peer::new("jacker-gate");
+        if let Some(path) = &self.log_file {
+            peer = peer.tee(path);
+        }
         let mut gate = Gate {
+            peer,
             dir: self.dir,
             env: self.env,
-            port,
+            fixed_port: self.port,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             config_path,
-            child: None,
-            logs: Arc::new(Mutex::new(String::new())),
-            log_file,
             client,
             tls,
         };
@@ -107,13 +98,15 @@ impl GateSetup {
 }
 
 pub(crate) struct Gate {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
     env: BTreeMap<String, String>,
-    port: u16,
+    /// The port given by `GateSetup::port`; `None`: the gate picks one (`127.0.0.1:0`).
+    fixed_port: Option<u16>,
+    /// Where it serves, from its log.
+    addr: SocketAddr,
     config_path: PathBuf,
-    child: Option<Child>,
-    logs: Arc<Mutex<String>>,
-    log_file: Option<Arc<Mutex<std::fs::File>>>,
     client: reqwest::Client,
     /// The gate listens with TLS.
     tls: bool,
@@ -141,15 +134,15 @@ impl Gate {
     /// `http://127.0.0.1:PORT` (`https://` for a TLS listener).
     pub(crate) fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}", self.addr)
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.addr
     }
 
     pub(crate) fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -161,7 +154,7 @@ impl Gate {
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.peer.pid()
     }
 
     /// Writes (or rewrites) a secret file next to the config; see `GateSetup::write_secret`.
@@ -171,7 +164,7 @@ impl Gate {
 
     /// Everything the gate wrote to stdout and stderr so far, across restarts, one line per line.
     pub(crate) fn logs(&self) -> String {
-        self.logs.lock().expect("log buffer").clone()
+        self.peer.logs()
     }
 
     /// `GET path` with extra headers; redirects are never followed. Returns status, headers, body.
@@ -270,76 +263,47 @@ impl Gate {
 
     /// Kills the gate (SIGKILL, by PID) and waits for it.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.peer.stop();
     }
 
     /// Asks the gate to shut down (SIGTERM, by PID) and waits up to `timeout` for it to exit;
     /// returns its exit status, or kills it and panics when it does not exit in time.
     pub(crate) fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = self.pid().expect("gate is running");
-        send_signal(pid, "TERM");
-        match self.wait_exit(timeout) {
-            Some(status) => status,
-            None => {
-                self.stop();
-                panic!(
-                    "gate did not exit within {timeout:?} of SIGTERM\n{}",
-                    self.logs()
-                );
-            }
-        }
+        self.peer.terminate(timeout)
     }
 
     /// Waits up to `timeout` for the gate to exit on its own; `None` if it is still running.
     pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            let child = self.child.as_mut()?;
-            if let Some(status) = child.try_wait().expect("wait for gate") {
-                self.child = None;
-                // Give the log readers a moment to drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
-                return Some(status);
-            }
-            if start.elapsed() >= timeout {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.peer.wait_exit(timeout)
     }
 
     /// Starts the gate again with the same config file (secret files may have been rewritten in
-    /// between) and waits for `/healthz`. It listens on a new free port: the old one may still
-    /// hold connections in TIME_WAIT, which is no concern of the test.
+    /// between) and waits for `/healthz`. Unless its port was given, it serves on a new one: the
+    /// old one may still hold connections in TIME_WAIT, which is no concern of the test.
     pub(crate) fn start_again(&mut self) {
-        self.stop();
-        self.port = free_port();
-        let toml = std::fs::read_to_string(&self.config_path).expect("read gate config");
-        write_config(&self.config_path, &toml, self.port);
         self.spawn();
-        self.wait_healthy();
     }
 
     pub(crate) fn pause(&self) {
-        send_signal(self.pid().expect("gate is running"), "STOP");
+        self.peer.pause();
     }
 
     pub(crate) fn resume(&self) {
-        send_signal(self.pid().expect("gate is running"), "CONT");
+        self.peer.resume();
     }
 
+    /// Starts the gate with its config's `server.listen` set, waits until it logs where it
+    /// serves and `/healthz` answers there, then writes that address into the config file (as
+    /// `healthcheck --config` reads it).
     fn spawn(&mut self) {
+        let port = self.fixed_port.unwrap_or(0);
+        set_listen(&self.config_path, port);
         let mut command = Command::new(env!("CARGO_BIN_EXE_jacker-gate"));
         command
             .arg("run")
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .env_remove("RUST_LOG");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("JACKER_GATE_") {
@@ -347,72 +311,59 @@ impl Gate {
             }
         }
         command.envs(&self.env);
-        let mut child = command.spawn().expect("spawn jacker-gate");
-        capture(
-            child.stdout.take().expect("piped stdout"),
-            &self.logs,
-            self.log_file.clone(),
-        );
-        capture(
-            child.stderr.take().expect("piped stderr"),
-            &self.logs,
-            self.log_file.clone(),
-        );
-        self.child = Some(child);
-    }
-
-    fn wait_healthy(&mut self) {
-        let start = Instant::now();
-        loop {
-            let healthy = if self.tls {
-                let client = reqwest::Client::builder()
-                    .danger_accept_invalid_certs(true)
-                    .no_proxy()
-                    .timeout(Duration::from_secs(1))
-                    .build()
-                    .expect("build HTTPS client");
-                let url = format!("{}/healthz", self.url());
-                matches!(
-                    super::crowdsec::pki::blocking_https_get(&client, &url),
-                    Ok((200, _))
-                )
+        self.peer.spawn(command);
+        let tls = self.tls;
+        self.addr = self.peer.ready(START_TIMEOUT, |peer| {
+            let addr = serving_addr(&peer.run_logs()).ok_or("no \"serving\" log line yet")?;
+            if port != 0 && addr.port() != port {
+                return Err(format!("serves on {addr}, not on port {port}"));
+            }
+            if healthy(addr, tls) {
+                Ok(addr)
             } else {
-                matches!(
-                    blocking_get(self.addr(), "/healthz", Duration::from_secs(1)),
-                    Ok((200, _))
-                )
-            };
-            if healthy {
-                return;
+                Err(format!("/healthz on {addr} is not 200 yet"))
             }
-            if let Some(status) = self.wait_exit(Duration::ZERO) {
-                panic!(
-                    "jacker-gate exited during start-up ({status})\nconfig:\n{}\nlogs:\n{}",
-                    std::fs::read_to_string(&self.config_path).unwrap_or_default(),
-                    self.logs()
-                );
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "jacker-gate not healthy on {} after {START_TIMEOUT:?}\nlogs:\n{}",
-                    self.url(),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
+        set_listen(&self.config_path, self.addr.port());
     }
 }
 
-impl Drop for Gate {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The address in the gate's "jacker-gate serving" log line (text or JSON), if it logged one.
+pub(crate) fn serving_addr(logs: &str) -> Option<SocketAddr> {
+    let line = logs.lines().find(|l| l.contains("jacker-gate serving"))?;
+    let (_, rest) = line
+        .split_once("listen=")
+        .or_else(|| line.split_once("\"listen\":\""))?;
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }
 
-/// Writes the test's TOML to `path` with `server.listen` set to `127.0.0.1:port`.
-fn write_config(path: &Path, toml: &str, port: u16) {
-    let mut table: toml::Table = toml::from_str(toml)
+/// `GET /healthz` answers 200 (over TLS, without checking the certificate, when `tls`).
+fn healthy(addr: SocketAddr, tls: bool) -> bool {
+    if !tls {
+        return matches!(
+            blocking_get(addr, "/healthz", Duration::from_secs(1)),
+            Ok((200, _))
+        );
+    }
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("build HTTPS client");
+    matches!(
+        super::crowdsec::pki::blocking_https_get(&client, &format!("https://{addr}/healthz")),
+        Ok((200, _))
+    )
+}
+
+/// Sets `server.listen` of the config at `path` to `127.0.0.1:port`.
+fn set_listen(path: &Path, port: u16) {
+    let toml = std::fs::read_to_string(path).expect("read gate config");
+    let mut table: toml::Table = toml::from_str(&toml)
         .unwrap_or_else(|e| panic!("the test's gate config is not TOML: {e}\n{toml}"));
     let server = table
         .entry("server")
@@ -439,27 +390,4 @@ fn write_secret_in(dir: &Path, name: &str, contents: &str) -> PathBuf {
     file.write_all(contents.as_bytes())
         .expect("write secret file");
     path
-}
-
-/// Appends every line the gate writes on `pipe` to `logs`, on a thread that ends with the pipe.
-fn capture(
-    pipe: impl Read + Send + 'static,
-    logs: &Arc<Mutex<String>>,
-    file: Option<Arc<Mutex<std::fs::File>>>,
-) {
-    let logs = Arc::clone(logs);
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            let text = String::from_utf8_lossy(&line);
-            let mut logs = logs.lock().expect("log buffer");
-            logs.push_str(text.trim_end_matches('\n'));
-            logs.push('\n');
-            if let Some(file) = &file {
-                let _ = file.lock().expect("log file").write_all(&line);
-            }
-            line.clear();
-        }
-    });
 }

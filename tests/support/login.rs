@@ -1,11 +1,8 @@
-//! Login test plumbing shared by `tests/login.rs`, `tests/proxies.rs` and `tests/browser.rs`: the
+//! Login test plumbing shared by the `login`, `proxies`, `browser`, `faults` and `traefik` tests: the
 //! install hint for the login peers, a gate config with `[auth]` and `[session]` pointing at the
 //! test provider, and the walk of one login through gate and provider redirects.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -21,21 +18,6 @@ pub(crate) const COOKIE_NAME: &str = "_jacker_gate";
 
 /// base64 of 32 bytes: the cookie secret every test gate uses (two replicas must share it).
 pub(crate) const COOKIE_SECRET: &str = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtb2Ytc2VjcmV0IQ==";
-
-/// A free port that no other test of this process was given by this function: for ports chosen
-/// well before anything binds them (a gate's port is in the provider's redirect URI, a proxy's in
-/// the gate's `redirect_domains`), so that two tests running at once cannot pick the same one.
-pub(crate) fn reserve_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().expect("port registry");
-    let given = given.get_or_insert_with(HashSet::new);
-    loop {
-        let port = super::free_port();
-        if given.insert(port) {
-            return port;
-        }
-    }
-}
 
 /// Finds `name` on `PATH`, or fails naming the install script.
 pub(crate) fn require_login_binary(name: &str) -> PathBuf {
@@ -261,25 +243,9 @@ cookie_domains = {cookie_domains}
         setup.write_secret("client_secret", &self.client_secret);
         setup.write_secret("cookie_secret", COOKIE_SECRET);
         let toml = self.toml(setup.dir());
-        let gate = setup.start(&toml);
-        // `/healthz` answered on the port, but was it this gate? A gate that could not bind the
-        // port (someone else took it in between) logs why and exits.
-        let start = Instant::now();
-        let listen = format!("127.0.0.1:{}", self.port);
-        loop {
-            let logs = gate.logs();
-            if logs
-                .lines()
-                .any(|l| l.contains("serving") && l.contains(&listen))
-            {
-                return gate;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the gate never said it serves on {listen} (port taken by another process?):\n{logs}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The gate is ready only once it serves on this port (see `Gate`), not on a port taken
+        // by another process.
+        setup.start(&toml)
     }
 
     /// The redirect URI the gate sends to the provider.

@@ -1,6 +1,6 @@
-//! Shared helpers for the integration tests: real peers (CrowdSec LAPI, Redis) and the gate binary,
-//! each started in its own temporary directory on a free 127.0.0.1 port and stopped, by its PID,
-//! when dropped.
+//! Shared helpers for the integration tests: real peers (CrowdSec LAPI, Redis, Traefik, an OpenID
+//! provider, ...) and the gate binary, each started in its own temporary directory on 127.0.0.1
+//! and stopped, by its PID, when dropped. Every process goes through one `peer::Peer`.
 //!
 //! Process lifecycle (start, stop, pause) is synchronous so that it works from `Drop` and from any
 //! runtime; talking HTTP to the gate is async (reqwest). Nothing here ever binds or dials anything
@@ -16,22 +16,41 @@ pub(crate) mod fake_peer;
 pub(crate) mod gate;
 pub(crate) mod login;
 pub(crate) mod oidc;
+pub(crate) mod peer;
 pub(crate) mod proxy;
 pub(crate) mod redis;
 pub(crate) mod traefik;
 pub(crate) mod upstream;
 pub(crate) mod web;
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago: bind 127.0.0.1:0, take the port, release it.
+/// A port that was free a moment ago: bind 127.0.0.1:0, take the port, release it. Another
+/// process may take it before the peer binds it; see `peer` for how each peer handles that.
 pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
+}
+
+/// A free port that no other test of this process was given by this function: for ports chosen
+/// before anything binds them (a gate's port is in the provider's redirect URI, a proxy's in the
+/// gate's `redirect_domains`), so that two tests running at once cannot pick the same one.
+pub(crate) fn reserve_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().expect("port registry");
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = free_port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Finds `name` on `PATH`; panics with the install hint when the peer is missing, so that a fresh
@@ -57,12 +76,6 @@ pub(crate) fn send_signal(pid: u32, signal: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
-/// Kills a child we started (SIGKILL, by PID) and reaps it. Harmless when it already exited.
-pub(crate) fn kill_and_reap(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A minimal blocking `GET` over HTTP/1.0, used for readiness polls during start-up where no async
@@ -122,6 +135,41 @@ pub(crate) async fn eventually<T>(
         }
     }
 }
+
+/// The blocking form of [`eventually`], for tests without a runtime: polls `probe` every 50 ms
+/// until it returns `Ok`, and panics after `timeout` with `what` and the last observation.
+pub(crate) fn poll_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if start.elapsed() >= timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Runs the tests of one binary that are heavy (a load, a flood, a browser) or that measure
+/// time against a documented bound, one at a time: the machine may have two cores, and a
+/// measured test must not share them with a load. Hold the guard for the whole test.
+pub(crate) async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().await
+}
+
+/// [`exclusive`] for a test without a runtime.
+pub(crate) fn exclusive_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.blocking_lock()
+}
+
+/// One per test binary (each binary compiles its own copy of this module). A tokio mutex, not a
+/// std one: a test that fails while holding it must not poison it for the others.
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Samples of one metric family from a Prometheus text exposition: each sample's labels (in the
 /// order written) and value. Only the exact `name` matches, not `name_bucket` and the like.

@@ -1,5 +1,6 @@
 //! A real OpenID provider standing in for Google: npm `oidc-provider` run by
-//! `tests/support/oidc/provider.mjs` on a free 127.0.0.1 port, with one confidential client, RS256
+//! `tests/support/oidc/provider.mjs` on a 127.0.0.1 port it picks itself (it binds port 0 and
+//! prints the port, unless a test gives one), with one confidential client, RS256
 //! keys kept in its temporary directory (so a restart keeps them) and the test users below, chosen
 //! by `login_hint` (else the default user, `alice@example.com` unless changed). The interaction is
 //! finished in-process, so a login through it is only redirects.
@@ -8,16 +9,16 @@
 //! `redirect_uri`, or a replayed code, fail. `stop`/`start_again` take it down and bring it back on
 //! the same port; `set_jwks` makes its JWKS publish a key other than the one it signs with.
 
-use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::login::{require_login_binary, require_node_package, reserve_port};
-use super::{blocking_get, kill_and_reap, send_signal};
+use super::blocking_get;
+use super::login::{require_login_binary, require_node_package};
+use super::peer::Peer;
 
 /// Verified, `hd=example.com`: the user who gets in.
 pub(crate) const ALICE: &str = "alice@example.com";
@@ -73,7 +74,7 @@ pub(crate) struct OidcSetup {
 }
 
 impl OidcSetup {
-    /// Listen on this port (default: a free one).
+    /// Listen on this port (default: one the provider picks).
     pub(crate) fn port(mut self, port: u16) -> OidcSetup {
         self.port = Some(port);
         self
@@ -130,36 +131,23 @@ impl OidcSetup {
             .prefix("jacker-gate-oidc-")
             .tempdir()
             .expect("create provider temp dir");
-        let port = self.port.unwrap_or_else(reserve_port);
         let issuer = self
             .issuer
-            .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned())
-            .replace("{port}", &port.to_string());
-        let config = serde_json::json!({
-            "port": port,
-            "issuer": issuer,
-            "client_id": self.client_id,
-            "client_secret": self.client_secret,
-            "redirect_uris": self.redirect_uris,
-            "dir": dir.path(),
-            "jwks_mode": self.jwks.mode(),
-            "default_user": self.default_user,
-            "token_endpoint_auth_method": self.auth_method,
-        });
-        let config_path = dir.path().join("provider.json");
-        std::fs::write(&config_path, config.to_string()).expect("write provider config");
-        File::create(dir.path().join("provider.log")).expect("create provider log");
+            .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
         let mut provider = OidcProvider {
+            peer: Peer::new("OpenID provider"),
             dir,
-            port,
-            issuer,
+            port: self.port.unwrap_or(0),
+            issuer_template: issuer,
+            issuer: String::new(),
             client_id: self.client_id,
             client_secret: self.client_secret,
             redirect_uris: self.redirect_uris,
+            jwks: self.jwks,
+            default_user: self.default_user,
+            auth_method: self.auth_method,
             node,
             script: script_dir.join("provider.mjs"),
-            config_path,
-            child: None,
         };
         provider.spawn();
         provider
@@ -167,16 +155,22 @@ impl OidcSetup {
 }
 
 pub(crate) struct OidcProvider {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
+    /// 0 until it first serves; then the port it keeps across restarts.
     port: u16,
+    /// The issuer as configured, `{port}` standing for the port.
+    issuer_template: String,
     issuer: String,
     client_id: String,
     client_secret: String,
     redirect_uris: Vec<String>,
+    jwks: Jwks,
+    default_user: String,
+    auth_method: String,
     node: PathBuf,
     script: PathBuf,
-    config_path: PathBuf,
-    child: Option<Child>,
 }
 
 impl OidcProvider {
@@ -228,12 +222,12 @@ impl OidcProvider {
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.peer.pid()
     }
 
     /// Everything the provider wrote (start-up line, errors it saw, e.g. `grant.error ...`).
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default()
+        self.peer.logs()
     }
 
     /// True when `url` is the provider's authorization endpoint (`/auth`, not `/auth/UID`).
@@ -286,25 +280,22 @@ impl OidcProvider {
 
     /// Kills the provider (by PID): its port refuses connections until `start_again`.
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.peer.stop();
     }
 
     /// Starts it again on the same port with the same keys and client. Codes, sessions and
     /// counters it held are gone; the JWKS mode is the one it was started with.
     pub(crate) fn start_again(&mut self) {
-        self.stop();
         self.spawn();
     }
 
     /// Freezes it (SIGSTOP): connections are accepted by the kernel but never answered.
     pub(crate) fn pause(&self) {
-        send_signal(self.pid().expect("provider is running"), "STOP");
+        self.peer.pause();
     }
 
     pub(crate) fn resume(&self) {
-        send_signal(self.pid().expect("provider is running"), "CONT");
+        self.peer.resume();
     }
 
     fn control(&self, path_and_query: &str) {
@@ -313,58 +304,52 @@ impl OidcProvider {
         assert_eq!(status, 200, "provider control {path_and_query}: {body}");
     }
 
+    /// Writes its config (port 0 the first time: it picks one) and starts it; learns its port
+    /// and issuer from the line it prints once it serves, and waits until discovery answers.
     fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("provider.log"))
-            .expect("open provider log");
-        let child = Command::new(&self.node)
+        let config = serde_json::json!({
+            "port": self.port,
+            "issuer": self.issuer_template,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "redirect_uris": self.redirect_uris,
+            "dir": self.dir.path(),
+            "jwks_mode": self.jwks.mode(),
+            "default_user": self.default_user,
+            "token_endpoint_auth_method": self.auth_method,
+        });
+        let config_path = self.dir.path().join("provider.json");
+        std::fs::write(&config_path, config.to_string()).expect("write provider config");
+        let mut command = Command::new(&self.node);
+        command
             .arg(&self.script)
-            .arg(&self.config_path)
+            .arg(&config_path)
             .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .env("NODE_ENV", "test")
-            .spawn()
-            .expect("spawn node provider.mjs");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = blocking_get(
-                self.addr(),
+            .env("NODE_ENV", "test");
+        self.peer.spawn(command);
+        let (port, issuer) = self.peer.ready(START_TIMEOUT, |peer| {
+            let (port, issuer) = listening(&peer.run_logs()).ok_or("no \"listening\" line yet")?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match blocking_get(
+                addr,
                 "/.well-known/openid-configuration",
                 Duration::from_secs(1),
             ) {
-                return;
+                Ok((200, _)) => Ok((port, issuer)),
+                seen => Err(format!("discovery on {addr}: {seen:?}")),
             }
-            let child = self.child.as_mut().expect("provider spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the OpenID provider exited during start-up ({status}):\n{}",
-                    self.log()
-                );
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "the OpenID provider is not ready on {} after {START_TIMEOUT:?}:\n{}",
-                    self.addr(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        });
+        self.port = port;
+        self.issuer = issuer;
     }
 }
 
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The port and issuer from the provider's `listening on 127.0.0.1:PORT as ISSUER` line.
+fn listening(logs: &str) -> Option<(u16, String)> {
+    let line = logs.lines().find(|l| l.contains(" listening on "))?;
+    let (_, rest) = line.split_once("listening on 127.0.0.1:")?;
+    let (port, issuer) = rest.split_once(" as ")?;
+    Some((port.parse().ok()?, issuer.trim().to_owned()))
 }
 
 /// A bodiless `POST` over HTTP/1.0 (the provider's test controls).

@@ -2,20 +2,22 @@
 //! 1.22 (`auth_request`), each with its config, data and temp paths in its own temporary
 //! directory, listening on 127.0.0.1 only, stopped by its PID when dropped.
 //!
+//! The port is the test's (from `reserve_port()`): it is in the site blocks and in the gate's
+//! `redirect_domains`, so it cannot move; a port another process took ends the test saying so.
+//!
 //! The configs are what the README tells users to write, plus what the login needs: `/oauth2/*`
 //! goes to the gate itself, and identity headers a client sends are removed before the auth check
 //! can add the gate's.
 
-use std::fs::{File, OpenOptions};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::kill_and_reap;
 use super::login::require_login_binary;
+use super::peer::Peer;
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -34,11 +36,12 @@ pub(crate) enum Kind {
 }
 
 pub(crate) struct Proxy {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     kind: Kind,
     dir: TempDir,
     port: u16,
     config: String,
-    child: Option<Child>,
 }
 
 impl Proxy {
@@ -148,97 +151,35 @@ http {{
 
     /// What it wrote to stdout and stderr.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+        self.peer.logs()
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.peer.pid()
     }
 
-    /// Stops it: SIGTERM (nginx's master then ends its worker), and SIGKILL, by PID, for
-    /// whatever is left after 5 s.
+    /// Kills it and nginx's worker (SIGKILL, each by its PID).
     pub(crate) fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let workers = children_of(child.id());
-        super::send_signal(child.id(), "TERM");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for pid in workers {
-            if PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-        kill_and_reap(&mut child);
+        self.peer.stop();
     }
 
     fn launch(kind: Kind, dir: TempDir, port: u16, config: String, mut command: Command) -> Proxy {
-        let log_path = dir.path().join("proxy.log");
-        File::create(&log_path).expect("create proxy log");
-        let log = OpenOptions::new()
-            .append(true)
-            .open(&log_path)
-            .expect("open proxy log");
-        command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {kind:?}: {e}"));
-        let mut proxy = Proxy {
+        command.current_dir(dir.path());
+        let mut peer = Peer::new(&format!("{kind:?}"));
+        peer.spawn(command);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        peer.ready(START_TIMEOUT, |_| {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .map(drop)
+                .map_err(|e| format!("connect to {addr}: {e}; config:\n{config}"))
+        });
+        Proxy {
+            peer,
             kind,
             dir,
             port,
             config,
-            child: Some(child),
-        };
-        proxy.wait_listening();
-        proxy
-    }
-
-    fn wait_listening(&mut self) {
-        let start = Instant::now();
-        loop {
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            let child = self.child.as_mut().expect("proxy spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                panic!(
-                    "{:?} exited during start-up ({status})\nconfig:\n{}\nlog:\n{}",
-                    self.kind,
-                    self.config,
-                    self.log()
-                );
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "{:?} not listening on {} after {START_TIMEOUT:?}\nlog:\n{}",
-                    self.kind,
-                    self.addr(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -337,14 +278,4 @@ fn is_root() -> bool {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-/// The PIDs whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let path = PathBuf::from(format!("/proc/{pid}/task/{pid}/children"));
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }

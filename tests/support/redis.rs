@@ -1,25 +1,28 @@
 //! A throw-away Redis 7 server for one test: no persistence, bound to 127.0.0.1 on a free port,
 //! optionally with a password, stopped by its PID when dropped.
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, kill_and_reap, require_binary, send_signal};
+use super::peer::{retry_on_taken_port, Peer, PortTaken};
+use super::{require_binary, reserve_port};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Redis cannot listen on port 0 (that turns TCP off), so its port is picked before start and a
+/// taken one is replaced (see `peer`); `start_again` keeps the port, which the gate knows.
 pub(crate) struct Redis {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
     port: u16,
     password: Option<String>,
     server: PathBuf,
-    child: Option<Child>,
 }
 
 impl Redis {
@@ -39,15 +42,17 @@ impl Redis {
             .prefix("jacker-gate-redis-")
             .tempdir()
             .expect("create Redis temp dir");
-        File::create(dir.path().join("redis.log")).expect("create Redis log");
         let mut redis = Redis {
+            peer: Peer::new("redis-server"),
             dir,
-            port: free_port(),
+            port: 0,
             password,
             server,
-            child: None,
         };
-        redis.spawn();
+        retry_on_taken_port("redis-server", || {
+            redis.port = reserve_port();
+            redis.spawn()
+        });
         redis
     }
 
@@ -74,11 +79,11 @@ impl Redis {
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.peer.pid()
     }
 
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+        self.peer.logs()
     }
 
     /// Runs one command with `redis-cli` against this server and returns its output (raw mode,
@@ -102,32 +107,31 @@ impl Redis {
 
     /// Kills the server (by PID) and waits for it. Everything it held is gone (no persistence).
     pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.peer.stop();
     }
 
     /// Starts an empty server again on the same port, with the same password.
     pub(crate) fn start_again(&mut self) {
-        self.stop();
-        self.spawn();
+        let port = self.port;
+        self.spawn().unwrap_or_else(|PortTaken| {
+            panic!(
+                "Redis's port {port} was taken while it was down:\n{}",
+                self.log()
+            )
+        });
     }
 
     /// Freezes the server (SIGSTOP): connections hang instead of failing.
     pub(crate) fn pause(&self) {
-        send_signal(self.pid().expect("Redis is running"), "STOP");
+        self.peer.pause();
     }
 
     /// Thaws a paused server (SIGCONT).
     pub(crate) fn resume(&self) {
-        send_signal(self.pid().expect("Redis is running"), "CONT");
+        self.peer.resume();
     }
 
-    fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("redis.log"))
-            .expect("open Redis log");
+    fn spawn(&mut self) -> Result<(), PortTaken> {
         let mut command = Command::new(&self.server);
         command
             .args(["--port", &self.port.to_string()])
@@ -136,80 +140,63 @@ impl Redis {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log file"))
-            .stderr(log);
+            .current_dir(self.dir.path());
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
-        self.child = Some(command.spawn().expect("spawn redis-server"));
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            if self.ping().is_ok() {
-                return;
+        self.peer.spawn(command);
+        let (addr, password) = (self.addr(), self.password.clone());
+        self.peer.wait_ready(START_TIMEOUT, |peer| {
+            let pid = ping(addr, password.as_deref()).map_err(|e| e.to_string())?;
+            // Another Redis on this port would answer too; only ours counts.
+            if Some(pid) == peer.pid() {
+                Ok(())
+            } else {
+                Err(format!("a Redis with PID {pid} answers on {addr}"))
             }
-            let child = self.child.as_mut().expect("Redis spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "redis-server exited during start-up ({status}):\n{}",
-                    self.log()
-                );
-            }
-            if start.elapsed() > START_TIMEOUT {
-                panic!(
-                    "Redis not ready on {} after {START_TIMEOUT:?}:\n{}",
-                    self.addr(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `AUTH` (when a password is set) and `PING` over RESP; `Ok` once the server answers `+PONG`.
-    fn ping(&self) -> std::io::Result<()> {
-        let timeout = Duration::from_secs(1);
-        let mut stream = TcpStream::connect_timeout(&self.addr(), timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        let mut request = String::new();
-        if let Some(password) = &self.password {
-            request.push_str(&format!(
-                "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n",
-                password.len()
-            ));
-        }
-        request.push_str("*1\r\n$4\r\nPING\r\n");
-        stream.write_all(request.as_bytes())?;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        while !String::from_utf8_lossy(&seen).contains("+PONG") {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if seen.starts_with(b"-") {
-                break;
-            }
-        }
-        if String::from_utf8_lossy(&seen).contains("+PONG") {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "unexpected reply: {}",
-                String::from_utf8_lossy(&seen)
-            )))
-        }
+        })
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
+/// `AUTH` (when a password is set), `PING` and `INFO server` over RESP; once the server answers
+/// `+PONG`, returns its `process_id`.
+fn ping(addr: SocketAddr, password: Option<&str>) -> std::io::Result<u32> {
+    let timeout = Duration::from_secs(1);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = String::new();
+    if let Some(password) = password {
+        request.push_str(&format!(
+            "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n",
+            password.len()
+        ));
     }
+    request.push_str("*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let pid = |seen: &[u8]| {
+        let text = String::from_utf8_lossy(seen);
+        let pid = text
+            .split("process_id:")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        text.contains("+PONG").then_some(pid)
+    };
+    while pid(&seen).is_none() {
+        let n = stream.read(&mut buf)?;
+        seen.extend_from_slice(&buf[..n]);
+        if n == 0 || seen.starts_with(b"-") {
+            break;
+        }
+    }
+    pid(&seen).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "unexpected reply: {}",
+            String::from_utf8_lossy(&seen)
+        ))
+    })
 }

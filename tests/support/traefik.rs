@@ -4,17 +4,22 @@
 //! directory with a file provider, listens on free 127.0.0.1 ports (`web` for clients, `traefik`
 //! for `/ping` and the API), writes its log and access log there, and is stopped by its PID when
 //! dropped.
+//!
+//! Traefik does not say which port it got for `:0`, so its ports are picked before start. When
+//! another process took one in between, Traefik is started again on fresh ports, unless the test
+//! already asked for them (`TraefikSetup::web_port`, `admin_port`) to write them into other
+//! configs; then a taken port ends the test saying so.
 
-use std::fs::File;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::login::reserve_port;
-use super::{blocking_get, kill_and_reap};
+use super::peer::{retry_on_taken_port, Peer, PortTaken};
+use super::{blocking_get, reserve_port};
 
 /// The Traefik version the tests run and `compose/edge.yml` pins.
 pub(crate) const TRAEFIK_VERSION: &str = "3.7.15";
@@ -44,6 +49,8 @@ pub(crate) struct TraefikSetup {
     dir: TempDir,
     web_port: u16,
     admin_port: u16,
+    /// The test knows the ports (asked for them), so they cannot change.
+    ports_published: Cell<bool>,
     static_extra: toml::Table,
     dynamic: Vec<(String, String)>,
     routers: Vec<String>,
@@ -78,11 +85,13 @@ impl TraefikSetup {
 
     /// The `web` entrypoint's port (known before start, for URLs in the gate's config).
     pub(crate) fn web_port(&self) -> u16 {
+        self.ports_published.set(true);
         self.web_port
     }
 
     /// The `traefik` entrypoint's port (`/ping`, the API).
     pub(crate) fn admin_port(&self) -> u16 {
+        self.ports_published.set(true);
         self.admin_port
     }
 
@@ -92,9 +101,9 @@ impl TraefikSetup {
 
     /// Writes the configuration, starts Traefik and waits until `/ping` answers and every
     /// router of the dynamic files is loaded. Panics with Traefik's log otherwise.
-    pub(crate) fn start(self) -> Traefik {
+    pub(crate) fn start(mut self) -> Traefik {
         let binary = traefik_binary();
-        let dir = self.dir.path();
+        let dir = self.dir.path().to_owned();
         let dynamic_dir = dir.join("dynamic");
         std::fs::create_dir_all(&dynamic_dir).expect("create dynamic dir");
         for (name, text) in &self.dynamic {
@@ -102,8 +111,16 @@ impl TraefikSetup {
         }
         let log_path = dir.join("traefik.log");
         let access_log = dir.join("access.log");
-        let base = format!(
-            r#"
+        let mut peer = Peer::new("traefik").log_file(&log_path);
+        let published = self.ports_published.get();
+        let mut first = true;
+        retry_on_taken_port("traefik", || {
+            if !std::mem::take(&mut first) {
+                self.web_port = reserve_port();
+                self.admin_port = reserve_port();
+            }
+            let base = format!(
+                r#"
 [global]
 checkNewVersion = false
 sendAnonymousUsage = false
@@ -133,45 +150,76 @@ dashboard = false
 directory = {dynamic:?}
 watch = false
 "#,
-            log = log_path.display().to_string(),
-            access = access_log.display().to_string(),
-            web = self.web_port,
-            admin = self.admin_port,
-            dynamic = dynamic_dir.display().to_string(),
-        );
-        let mut config: toml::Table = toml::from_str(&base).expect("base static config");
-        merge(&mut config, self.static_extra);
-        let static_path = dir.join("traefik.toml");
-        std::fs::write(&static_path, config.to_string()).expect("write static config");
-        let stdout = File::create(dir.join("stdout.log")).expect("create stdout log");
-        let stderr = stdout.try_clone().expect("clone log handle");
-        let child = Command::new(binary)
-            .arg(format!("--configFile={}", static_path.display()))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn traefik");
-        let mut traefik = Traefik {
+                log = log_path.display().to_string(),
+                access = access_log.display().to_string(),
+                web = self.web_port,
+                admin = self.admin_port,
+                dynamic = dynamic_dir.display().to_string(),
+            );
+            let mut config: toml::Table = toml::from_str(&base).expect("base static config");
+            merge(&mut config, self.static_extra.clone());
+            let static_path = dir.join("traefik.toml");
+            std::fs::write(&static_path, config.to_string()).expect("write static config");
+            let mut command = Command::new(&binary);
+            command
+                .arg(format!("--configFile={}", static_path.display()))
+                .current_dir(&dir);
+            peer.spawn(command);
+            let admin = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
+            match peer.wait_ready(START_TIMEOUT, |_| ready(admin, &self.routers)) {
+                Err(PortTaken) if published => panic!(
+                    "traefik could not bind port {} or {}, which the test had already used: \
+                     another process took it\n{}",
+                    self.web_port,
+                    self.admin_port,
+                    peer.logs()
+                ),
+                started => started,
+            }
+        });
+        Traefik {
+            peer,
             dir: self.dir,
             web_port: self.web_port,
             admin_port: self.admin_port,
-            child: Some(child),
-            log_path,
             access_log,
-        };
-        traefik.wait_ready(&self.routers);
-        traefik
+        }
+    }
+}
+
+/// `Ok` once `/ping` answers and every one of `routers` is loaded (`NAME@file`).
+fn ready(admin: SocketAddr, routers: &[String]) -> Result<(), String> {
+    match blocking_get(admin, "/ping", Duration::from_secs(1)) {
+        Ok((200, _)) => {}
+        seen => return Err(format!("/ping: {seen:?}")),
+    }
+    let (status, body) = blocking_get(admin, "/api/http/routers", Duration::from_secs(1))
+        .map_err(|e| format!("/api/http/routers: {e}"))?;
+    let list: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/api/http/routers ({status}): {e}"))?;
+    let names: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    let missing: Vec<&String> = routers
+        .iter()
+        .filter(|want| !names.contains(&format!("{want}@file").as_str()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("routers {missing:?} not loaded; loaded: {names:?}"))
     }
 }
 
 pub(crate) struct Traefik {
+    /// First, so that the process is stopped before its directory is removed.
+    peer: Peer,
     dir: TempDir,
     web_port: u16,
     admin_port: u16,
-    child: Option<Child>,
-    log_path: PathBuf,
     access_log: PathBuf,
 }
 
@@ -185,6 +233,7 @@ impl Traefik {
                 .expect("create traefik temp dir"),
             web_port: reserve_port(),
             admin_port: reserve_port(),
+            ports_published: Cell::new(false),
             static_extra: toml::Table::new(),
             dynamic: Vec::new(),
             routers: Vec::new(),
@@ -209,11 +258,9 @@ impl Traefik {
         self.dir.path()
     }
 
-    /// Traefik's own log (JSON lines) and what it wrote to stdout/stderr.
+    /// What Traefik wrote to stdout/stderr, then its own log (JSON lines).
     pub(crate) fn log(&self) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let out = std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
-        format!("{log}{out}")
+        self.peer.logs()
     }
 
     /// The lines of Traefik's log at level `error` or above.
@@ -252,59 +299,6 @@ impl Traefik {
         assert_eq!(status, 200, "Traefik API /api/{path}: {body}");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("Traefik API /api/{path} is not JSON ({e}): {body}"))
-    }
-
-    fn wait_ready(&mut self, routers: &[String]) {
-        let admin = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("traefik exited during start-up ({status}):\n{}", self.log());
-            }
-            let pinged = matches!(
-                blocking_get(admin, "/ping", Duration::from_secs(1)),
-                Ok((200, _))
-            );
-            if pinged {
-                let loaded = blocking_get(admin, "/api/http/routers", Duration::from_secs(1))
-                    .ok()
-                    .filter(|(status, _)| *status == 200)
-                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                    .map(|list| {
-                        let names: Vec<String> = list
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|r| r["name"].as_str().map(str::to_owned))
-                            .collect();
-                        routers
-                            .iter()
-                            .all(|want| names.iter().any(|n| n == &format!("{want}@file")))
-                    })
-                    .unwrap_or(false);
-                if loaded {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "traefik not ready (ping and routers {routers:?}) after {START_TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Traefik {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
     }
 }
 

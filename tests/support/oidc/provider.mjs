@@ -1,8 +1,10 @@
 // A real OpenID provider (npm `oidc-provider`) standing in for Google in jacker-gate's login tests.
 //
 // Started by tests/support/oidc.rs as `node provider.mjs CONFIG.json`. The config names the port
-// (always bound on 127.0.0.1), the issuer, one confidential client and the directory that holds the
-// signing keys (kept across restarts, so a provider that was "down" comes back with the same keys).
+// (always bound on 127.0.0.1; 0 picks a free one, so that no other process can take it first), the
+// issuer (`{port}` in it stands for the port bound), one confidential client and the directory that
+// holds the signing keys (kept across restarts, so a provider that was "down" comes back with the
+// same keys). Once it serves, it prints `listening on 127.0.0.1:PORT as ISSUER`.
 //
 // Users are chosen by `login_hint` (else the configured default user); the interaction is handled
 // in-process (login and consent granted at once), so a login is only redirects, no HTML. The ID token
@@ -52,63 +54,68 @@ const state = {
   tokenRequests: 0,
 };
 
-const provider = new Provider(config.issuer, {
-  clients: [
-    {
-      client_id: config.client_id,
-      client_secret: config.client_secret,
-      redirect_uris: config.redirect_uris,
-      post_logout_redirect_uris: [],
-      grant_types: ['authorization_code'],
-      response_types: ['code'],
-      token_endpoint_auth_method: config.token_endpoint_auth_method || 'client_secret_basic',
-    },
-  ],
-  jwks: { keys: [signingKey] },
-  cookies: { keys: [`cookie-key-${config.client_secret}`] },
-  claims: {
-    openid: ['sub'],
-    email: ['email', 'email_verified', 'hd'],
-    profile: ['name'],
-  },
-  // Google puts the scope's claims in the ID token even when an access token is issued too.
-  conformIdTokenClaims: false,
-  pkce: { required: () => true },
-  features: {
-    devInteractions: { enabled: false },
-    // Google does not offer these; turning them off keeps discovery close to Google's.
-    introspection: { enabled: false },
-    revocation: { enabled: false },
-  },
-  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
-  ttl: {
-    AuthorizationCode: 60,
-    IdToken: 3600,
-    AccessToken: 3600,
-    Interaction: 600,
-    Session: 3600,
-    Grant: 3600,
-  },
-  // The account id is the user's `sub` (numeric, as Google's); `login_hint` names the email.
-  async findAccount(ctx, sub) {
-    const email = Object.keys(USERS).find((e) => USERS[e].sub === sub);
-    if (!email) return undefined;
-    const user = USERS[email];
-    return {
-      accountId: sub,
-      async claims() {
-        const claims = { sub, email, email_verified: user.email_verified, name: email.split('@')[0] };
-        if (user.hd) claims.hd = user.hd;
-        return claims;
+// The provider is made once the port, and so the issuer, is known.
+let provider;
+let callback;
+
+function makeProvider(issuer) {
+  return new Provider(issuer, {
+    clients: [
+      {
+        client_id: config.client_id,
+        client_secret: config.client_secret,
+        redirect_uris: config.redirect_uris,
+        post_logout_redirect_uris: [],
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        token_endpoint_auth_method: config.token_endpoint_auth_method || 'client_secret_basic',
       },
-    };
-  },
-  renderError(ctx, out) {
-    ctx.type = 'application/json';
-    ctx.body = JSON.stringify(out);
-  },
-});
-provider.proxy = false;
+    ],
+    jwks: { keys: [signingKey] },
+    cookies: { keys: [`cookie-key-${config.client_secret}`] },
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified', 'hd'],
+      profile: ['name'],
+    },
+    // Google puts the scope's claims in the ID token even when an access token is issued too.
+    conformIdTokenClaims: false,
+    pkce: { required: () => true },
+    features: {
+      devInteractions: { enabled: false },
+      // Google does not offer these; turning them off keeps discovery close to Google's.
+      introspection: { enabled: false },
+      revocation: { enabled: false },
+    },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    ttl: {
+      AuthorizationCode: 60,
+      IdToken: 3600,
+      AccessToken: 3600,
+      Interaction: 600,
+      Session: 3600,
+      Grant: 3600,
+    },
+    // The account id is the user's `sub` (numeric, as Google's); `login_hint` names the email.
+    async findAccount(ctx, sub) {
+      const email = Object.keys(USERS).find((e) => USERS[e].sub === sub);
+      if (!email) return undefined;
+      const user = USERS[email];
+      return {
+        accountId: sub,
+        async claims() {
+          const claims = { sub, email, email_verified: user.email_verified, name: email.split('@')[0] };
+          if (user.hd) claims.hd = user.hd;
+          return claims;
+        },
+      };
+    },
+    renderError(ctx, out) {
+      ctx.type = 'application/json';
+      ctx.body = JSON.stringify(out);
+    },
+  });
+}
 
 async function interaction(req, res) {
   const details = await provider.interactionDetails(req, res);
@@ -148,9 +155,12 @@ function json(res, status, body) {
   res.end(JSON.stringify(body));
 }
 
-const callback = provider.callback();
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
+  if (!provider) {
+    json(res, 503, { error: 'starting' });
+    return;
+  }
   try {
     if (url.pathname.startsWith('/interaction/')) {
       await interaction(req, res);
@@ -196,12 +206,16 @@ const server = http.createServer(async (req, res) => {
   }
 });
 
-provider.on('server_error', (ctx, err) => console.error('server_error', err));
-provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description || ''));
-provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description || ''));
-provider.on('grant.success', () => console.error('grant.success'));
-
 server.listen(config.port, '127.0.0.1', () => {
-  console.error(`oidc-provider ${randomUUID()} listening on 127.0.0.1:${config.port} as ${config.issuer}`);
+  const { port } = server.address();
+  const issuer = config.issuer.replaceAll('{port}', String(port));
+  provider = makeProvider(issuer);
+  provider.proxy = false;
+  provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description || ''));
+  provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description || ''));
+  provider.on('grant.success', () => console.error('grant.success'));
+  callback = provider.callback();
+  console.error(`oidc-provider ${randomUUID()} listening on 127.0.0.1:${port} as ${issuer}`);
 });
 for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));

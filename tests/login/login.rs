@@ -7,21 +7,20 @@
 //! the claims of each test user, its fault switches), so that a change of `oidc-provider` shows
 //! up there rather than as a puzzling gate failure. Peers: `bash tests/support/install-login-peers.sh`.
 
-mod support;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
+use crate::support::gate::Gate;
+use crate::support::login::{
+    log_in, query_param, trail, walk_to_callback, LoginGate, LoginWalk, Store, COOKIE_NAME,
+};
+use crate::support::oidc::{Jwks, OidcProvider, ALICE, BOB, CAROL, DAVE, ERIN, MALLORY};
+use crate::support::redis::Redis;
+use crate::support::reserve_port;
+use crate::support::web::{Browser, Response, NAVIGATION_ACCEPT};
+use crate::support::{eventually, metric_sum};
 use base64::Engine as _;
 use serde_json::Value;
-use support::gate::Gate;
-use support::login::{
-    log_in, query_param, reserve_port, trail, walk_to_callback, LoginGate, LoginWalk, Store,
-    COOKIE_NAME,
-};
-use support::oidc::{Jwks, OidcProvider, ALICE, BOB, CAROL, DAVE, ERIN, MALLORY};
-use support::redis::Redis;
-use support::web::{Browser, Response, NAVIGATION_ACCEPT};
-use support::{eventually, metric_sum};
 
 /// RFC 7636 appendix B: a verifier and its S256 challenge.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -1035,11 +1034,13 @@ async fn session_cookie_faults(store: Store) {
 
 #[tokio::test]
 async fn session_cookie_faults_memory_store() {
+    let _exclusive = support::exclusive().await;
     session_cookie_faults(Store::Memory).await;
 }
 
 #[tokio::test]
 async fn session_cookie_faults_redis_store() {
+    let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     session_cookie_faults(Store::Redis(redis.url())).await;
 }
@@ -1048,6 +1049,7 @@ async fn session_cookie_faults_redis_store() {
 /// session passes both; a sign-out at one is refused by the other within 1 s.
 #[tokio::test]
 async fn two_replicas_share_logins_and_sign_out_through_redis() {
+    let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let (port_a, port_b, app_port) = (reserve_port(), reserve_port(), reserve_port());
     // Both replicas behind one public URL (A's), as behind a load balancer.
@@ -1180,6 +1182,7 @@ async fn a_session_whose_email_is_no_longer_allowed_gets_403() {
 /// store errors are counted, readiness drops, and all recovers without a restart.
 #[tokio::test]
 async fn redis_outage_answers_503_and_recovers() {
+    let _exclusive = support::exclusive().await;
     let mut redis = Redis::start();
     let e = env(Store::Redis(redis.url()), |g| {
         g.cache_ttl("1s").extra(

@@ -9,7 +9,7 @@
 //! test asserts it still fails, so the fix shows up here as a file to rename.
 
 #[allow(unreachable_pub, dead_code)]
-#[path = "../fuzz/src/checks.rs"]
+#[path = "../../fuzz/src/checks.rs"]
 mod checks;
 
 use std::panic;

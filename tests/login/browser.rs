@@ -5,15 +5,15 @@
 //! as Google is). It reaches the app with its identity, signs out, and is sent to log in again.
 //! Peers: `bash tests/support/install-login-peers.sh`.
 
-mod support;
-
+use crate::support;
+use crate::support::browser::{run, Step};
+use crate::support::gate::Gate;
+use crate::support::login::{LoginGate, COOKIE_NAME};
+use crate::support::oidc::{OidcProvider, ALICE};
+use crate::support::proxy::{caddy_pass_site, caddy_site, Proxy};
+use crate::support::reserve_port;
+use crate::support::upstream::{echoed, Upstream};
 use serde_json::Value;
-use support::browser::{run, Step};
-use support::gate::Gate;
-use support::login::{reserve_port, LoginGate, COOKIE_NAME};
-use support::oidc::{OidcProvider, ALICE};
-use support::proxy::{caddy_pass_site, caddy_site, Proxy};
-use support::upstream::{echoed, Upstream};
 
 fn step(report: &Value, index: usize) -> &Value {
     &report["steps"][index]
@@ -29,6 +29,7 @@ fn echo_of(step: &Value) -> Value {
 /// route here) and shows the upstream's echo; a blocked prefix is aborted and reported.
 #[tokio::test]
 async fn chromium_reaches_the_upstream_through_caddy_on_example_test_names() {
+    let _exclusive = support::exclusive().await;
     let gate = Gate::start(
         r#"
 [rate_limit]
@@ -100,6 +101,7 @@ policy = "deny"
 /// sign-out the app sends it to the provider again.
 #[tokio::test]
 async fn chromium_logs_in_through_caddy_signs_out_and_is_asked_again() {
+    let _exclusive = support::exclusive().await;
     let port = reserve_port();
     let app = format!("http://app.example.test:{port}");
     let auth = format!("http://auth.example.test:{port}");

@@ -13,21 +13,21 @@
 //! as they ship, behind the routers of the compose labels.
 //! Peers: `bash scripts/install-test-deps.sh` and `bash tests/support/install-login-peers.sh`.
 
-mod support;
-
+use crate::support;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::time::Duration;
 
-use support::crowdsec::Lapi;
-use support::gate::Gate;
-use support::login::{reserve_port, trail, LoginGate, COOKIE_NAME};
-use support::oidc::{OidcProvider, ALICE, MALLORY};
-use support::traefik::{Traefik, TraefikSetup};
-use support::upstream::Upstream;
-use support::web::{Browser, Response};
-use support::{eventually, metric_sum};
+use crate::support::crowdsec::Lapi;
+use crate::support::gate::Gate;
+use crate::support::login::{trail, LoginGate, COOKIE_NAME};
+use crate::support::oidc::{OidcProvider, ALICE, MALLORY};
+use crate::support::reserve_port;
+use crate::support::traefik::{Traefik, TraefikSetup};
+use crate::support::upstream::Upstream;
+use crate::support::web::{Browser, Response};
+use crate::support::{eventually, metric_sum};
 use url::Url;
 
 const APP: &str = "app.example.test";
@@ -1385,7 +1385,7 @@ middlewares = ["strip-forwarded-request", "gate"]
 /// redirect loop as a navigation error.
 #[tokio::test]
 async fn chromium_logs_in_through_traefik_with_the_middleware_on_the_entrypoint() {
-    use support::browser::{run, Step};
+    use crate::support::browser::{run, Step};
     let stack = login_stack(Shape::Entrypoint, |g| g);
     let page = stack.url(APP, "/dashboard?panel=7");
     let report = run(&[

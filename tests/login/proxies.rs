@@ -5,15 +5,14 @@
 //! identity headers the client sends itself never reach the upstream.
 //! Peers: `bash tests/support/install-login-peers.sh`.
 
-mod support;
-
-use support::gate::Gate;
-use support::login::{reserve_port, trail, walk_to_callback, LoginGate, COOKIE_NAME};
-use support::metric_sum;
-use support::oidc::{OidcProvider, ALICE, MALLORY};
-use support::proxy::{Kind, Proxy, IDENTITY_HEADERS};
-use support::upstream::{echoed, Upstream};
-use support::web::{Browser, Response, NAVIGATION_ACCEPT};
+use crate::support::gate::Gate;
+use crate::support::login::{trail, walk_to_callback, LoginGate, COOKIE_NAME};
+use crate::support::metric_sum;
+use crate::support::oidc::{OidcProvider, ALICE, MALLORY};
+use crate::support::proxy::{Kind, Proxy, IDENTITY_HEADERS};
+use crate::support::reserve_port;
+use crate::support::upstream::{echoed, Upstream};
+use crate::support::web::{Browser, Response, NAVIGATION_ACCEPT};
 
 /// Headers a client forges to pass for someone else.
 const FORGED: [(&str, &str); 3] = [

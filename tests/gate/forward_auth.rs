@@ -1,13 +1,13 @@
 //! The HTTP edge over a real socket: the gate binary on a free port, driven with well-formed
 //! and malformed requests. Where SPEC forbids a 2xx there is none, and the gate keeps serving.
 
-mod support;
-
+use crate::support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::gate::Gate;
+use crate::support::gate::Gate;
+use crate::support::peer::Peer;
 
 const RULES: &str = r#"
 [rate_limit]
@@ -193,6 +193,7 @@ async fn malformed_heads_never_pass() {
 
 #[tokio::test]
 async fn slow_heads_are_cut_off() {
+    let _exclusive = support::exclusive().await;
     let gate = Gate::start("[server]\nheader_read_timeout = \"1s\"\n");
     let mut stream = TcpStream::connect(gate.addr()).unwrap();
     stream
@@ -267,7 +268,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 // ---------------------------------------------------------------------------------------------
 // The TLS listener (`server.tls_cert_file`, `tls_key_file`, `tls_client_ca_file`).
 
-use support::crowdsec::pki::{https_client, CertPair, TestCa};
+use crate::support::crowdsec::pki::{https_client, CertPair, TestCa};
 
 /// A CA, the gate's certificate for `jacker-gate` and 127.0.0.1, and a client certificate.
 struct Pki {
@@ -392,6 +393,7 @@ async fn tls_listener_speaks_http2_and_http1_by_alpn() {
 /// handshake.
 #[tokio::test]
 async fn mtls_serves_the_cas_clients_only() {
+    let _exclusive = support::exclusive().await;
     let p = pki();
     let gate = Gate::start(&tls_toml(&p, true));
     let with_cert = tls_client(&p, Some(&p.client));
@@ -413,29 +415,19 @@ async fn mtls_serves_the_cas_clients_only() {
 
     // A connection without a certificate is closed within seconds, even if the client never
     // sends anything (it cannot hold a slot Traefik needs).
-    let mut idle = std::process::Command::new("openssl")
+    // `-quiet` implies `-ign_eof`: s_client keeps the connection open until the gate closes it.
+    let mut command = std::process::Command::new("openssl");
+    command
         .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
-        .arg(gate.addr().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run openssl s_client");
-    let opened = Instant::now();
-    let closed = loop {
-        if idle.try_wait().unwrap().is_some() {
-            break true;
-        }
-        if opened.elapsed() > Duration::from_secs(15) {
-            let _ = idle.kill();
-            let _ = idle.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        .arg(gate.addr().to_string());
+    let mut idle = Peer::new("openssl s_client");
+    idle.spawn(command);
+    // README: such a connection is served for at most 5 s; 15 s leaves room for a slow machine.
+    let closed = idle.wait_exit(Duration::from_secs(15)).is_some();
     assert!(
         closed,
-        "a connection without a client certificate stayed open"
+        "a connection without a client certificate stayed open:\n{}",
+        idle.logs()
     );
 
     let other_ca = TestCa::new("someone else's CA");

@@ -1,13 +1,13 @@
 //! The command line as SPEC gives it: `check-config`, `healthcheck`, `gen-secret`, and `run`
 //! on built-in defaults.
 
-mod support;
-
+use crate::support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::gate::{serving_addr, Gate};
+use crate::support::peer::Peer;
 use base64::Engine as _;
-use support::gate::Gate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jacker-gate");
 
@@ -146,30 +146,30 @@ fn run_without_config_says_so_first_and_serves_defaults() {
     }
     assert!(!printed.contains("lapi_url") && !printed.contains("provider"));
 
-    // `run` with no config file. The port comes from the environment so that the test never
-    // collides with whatever else owns 8080 on this machine; there is still no config file.
-    let port = support::free_port();
-    let child = gate_cmd()
+    // `run` with no config file. The address comes from the environment, port 0, so that the
+    // test never collides with whatever else owns 8080 on this machine; the gate says where it
+    // serves. There is still no config file.
+    let mut command = gate_cmd();
+    command
         .arg("run")
-        .env("JACKER_GATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let healthy = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        Command::new(BIN)
+        .env("JACKER_GATE_SERVER__LISTEN", "127.0.0.1:0");
+    let mut gate = Peer::new("jacker-gate on defaults");
+    gate.spawn(command);
+    let url = gate.ready(Duration::from_secs(20), |peer| {
+        let addr = serving_addr(&peer.logs()).ok_or("no \"serving\" log line yet")?;
+        let url = format!("http://{addr}");
+        let healthy = Command::new(BIN)
             .args(["healthcheck", "--url", &url])
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok_and(|s| s.success());
+        healthy
+            .then_some(url)
+            .ok_or_else(|| format!("`healthcheck --url http://{addr}` fails"))
     });
-    support::send_signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
-    assert!(healthy, "the gate on defaults never became healthy");
-    assert!(out.status.success(), "{:?}", out.status);
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let status = gate.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?} ({url})");
+    let logs = gate.logs();
     let first = logs.lines().next().unwrap_or_default();
     assert!(
         first.contains("no config file given"),

@@ -31,16 +31,15 @@
 //! transport failure from the gate. A rejected *server* certificate is always named (the client
 //! decides that inside its handshake).
 
-mod support;
-
+use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::crowdsec::pki::{error_chain, https_client, CertPair, TestCa};
+use crate::support::crowdsec::{ClientCerts, Lapi, LapiTls};
+use crate::support::gate::Gate;
+use crate::support::{eventually, metric_sum};
 use serde_json::Value;
-use support::crowdsec::pki::{error_chain, https_client, CertPair, TestCa};
-use support::crowdsec::{ClientCerts, Lapi, LapiTls};
-use support::gate::Gate;
-use support::{eventually, metric_sum};
 
 /// The gate's `crowdsec.update_interval` in every test here.
 const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
