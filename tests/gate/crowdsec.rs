@@ -746,7 +746,7 @@ fn unique_hex() -> String {
     format!("{:016x}{:016x}", random(), random())
 }
 
-/// Differential test against the real LAPI (SPEC step 2: the gate mirrors it). Random decision
+/// Differential test against the real LAPI (step 2 of the decision: the gate mirrors it). Random decision
 /// sets built with `cscli`: several types per address, ranges added with `--range` and imported
 /// under scope `Ip` (as `cscli decisions import` stores them, also with host bits set), deletions
 /// of one decision by id, of every decision on a value, and of one type. After each round, for

@@ -1,5 +1,5 @@
 //! The HTTP edge over a real socket: the gate binary on a free port, driven with well-formed
-//! and malformed requests. Where SPEC forbids a 2xx there is none, and the gate keeps serving.
+//! and malformed requests. Where the README forbids a 2xx there is none, and the gate keeps serving.
 
 use crate::support;
 use std::io::{Read, Write};

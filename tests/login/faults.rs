@@ -4,7 +4,7 @@
 //! CrowdSec LAPI stand-in (tests/support/fake_peer.rs) that answers 500, garbage, `[]`, a body
 //! cut short, a body over the size cap, or too slowly. What every case checks:
 //!
-//! - no 2xx where SPEC forbids one (a login route without a usable session; everything with
+//! - no 2xx where the README forbids one (a login route without a usable session; everything with
 //!   `fail_closed` once stale);
 //! - no request waits longer than the configured timeouts (the session store's 1 s, the
 //!   provider's 10 s; `/auth` never waits on the LAPI in stream mode);

@@ -1,4 +1,4 @@
-//! The login (SPEC `[auth]`, `[session]`, `/oauth2/*`, decision step 5) against a real OpenID
+//! The login (README: `[auth]`, `[session]`, `/oauth2/*`, decision step 5) against a real OpenID
 //! provider standing in for Google (npm `oidc-provider`, tests/support/oidc) and a real Redis.
 //! The client here is a scripted browser (tests/support/web.rs) that keeps cookies and walks each
 //! redirect itself, so every hop can be checked or tampered with.
@@ -540,7 +540,7 @@ async fn happy_path(store: Store) {
     }
     assert!(walk.callback_param("iss").is_some(), "{}", walk.callback);
 
-    // The callback: back to the page that started it, with a session cookie as SPEC says.
+    // The callback: back to the page that started it, with a session cookie as README says.
     assert_eq!(answer.status, 302, "{}{}", answer.describe(), e.context());
     assert_eq!(
         answer.location().map(String::from).as_deref(),

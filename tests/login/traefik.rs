@@ -35,7 +35,7 @@ const PUBLIC: &str = "public.example.test";
 const AUTH: &str = "auth.example.test";
 const HOSTS: [&str; 3] = [APP, PUBLIC, AUTH];
 
-/// The identity headers the gate answers with (SPEC "Identity headers").
+/// The identity headers the gate answers with (README: "Identity headers").
 const IDENTITY: [&str; 3] = [
     "X-Auth-Request-Email",
     "X-Auth-Request-User",
@@ -129,7 +129,7 @@ const SHAPES: [Shape; 4] = [
     Shape::NoGateRouter,
 ];
 
-/// The forwardAuth middleware as the deployment ships it (SPEC "Deployment").
+/// The forwardAuth middleware as the deployment ships it (README: "Deployment").
 fn middleware(name: &str, gate: &Gate, extra: &str) -> String {
     format!(
         r#"
@@ -204,7 +204,7 @@ service = "upstream"
 }
 
 /// Static settings every stack here uses: lookalike header spellings deleted at the entrypoint
-/// (SPEC "Identity headers are the gate's word alone"), and the middleware on the entrypoint
+/// (README: "Identity headers are the gate's word alone"), and the middleware on the entrypoint
 /// for that shape.
 fn static_for(shape: Shape) -> String {
     let mut s = "[entryPoints.web.http]\naliasHeadersStrategy = \"delete\"\n".to_owned();

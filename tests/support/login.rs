@@ -13,7 +13,7 @@ use super::web::{Browser, Response};
 /// What installs the login peers (Node packages, Chromium, Caddy, nginx, Redis).
 pub(crate) const INSTALL: &str = "bash tests/support/install-login-peers.sh";
 
-/// The gate's default session cookie name (SPEC `session.cookie_name`).
+/// The gate's default session cookie name (`session.cookie_name`).
 pub(crate) const COOKIE_NAME: &str = "_jacker_gate";
 
 /// base64 of 32 bytes: the cookie secret every test gate uses (two replicas must share it).

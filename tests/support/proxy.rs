@@ -21,7 +21,7 @@ use super::peer::Peer;
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The headers the gate answers with after a login (SPEC "Identity headers").
+/// The headers the gate answers with after a login (README: "Identity headers").
 pub(crate) const IDENTITY_HEADERS: [&str; 3] = [
     "X-Auth-Request-Email",
     "X-Auth-Request-User",
