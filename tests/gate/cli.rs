@@ -104,6 +104,73 @@ fn check_config_lists_every_problem_and_exits_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// `check-config` refuses exactly what `run` refuses: material `run` used to parse only after
+/// check-config had passed (the LAPI's CA and client certificate, the bouncer key as a header,
+/// the Redis URL) now fails both with 64, and `run` never starts serving.
+#[test]
+fn check_config_and_run_refuse_the_same_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let key = write("key", b"bouncer-key\n");
+    let bad_key = write("bad_key", b"bouncer\x01key\n");
+    let der = write("ca.der", &[0x30, 0x82, 0x01, 0x0a, 0x02, 0x01, 0x01]);
+    let not_pem = write("client.pem", b"-----BEGIN CERTIFICATE-----\nnope\n");
+    let lapi = |key: &std::path::Path, extra: String| {
+        format!("[crowdsec]\nlapi_url = \"https://127.0.0.1:9\"\napi_key_file = {key:?}\n{extra}")
+    };
+    let cases = [
+        (
+            "DER CA",
+            lapi(&key, format!("ca_file = {der:?}\n")),
+            "crowdsec.ca_file",
+        ),
+        (
+            "client certificate",
+            lapi(
+                &key,
+                format!("cert_file = {not_pem:?}\nkey_file = {key:?}\n"),
+            ),
+            "crowdsec.cert_file",
+        ),
+        (
+            "key as a header",
+            lapi(&bad_key, String::new()),
+            "crowdsec.api_key_file",
+        ),
+        (
+            "Redis URL",
+            "[session]\nstore = \"redis\"\nredis_url = \"redis://[::1\"\n".to_owned(),
+            "session.redis_url",
+        ),
+    ];
+    for (what, text, key) in cases {
+        let file = write("gate.toml", text.as_bytes());
+        let out = gate_cmd()
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "check-config, {what}: {err}");
+        assert!(
+            err.contains(key),
+            "check-config, {what}: {key} missing from {err}"
+        );
+        let mut run = gate_cmd();
+        run.args(["run", "--config"]).arg(&file);
+        let mut gate = Peer::new("gate");
+        gate.spawn(run);
+        let status = gate.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!("run, {what}: still running with a config check-config refuses")
+        });
+        assert_eq!(status.code(), Some(64), "run, {what}: {}", gate.logs());
+    }
+}
+
 #[test]
 fn config_comes_from_the_environment_variable() {
     let dir = tempfile::tempdir().unwrap();

@@ -291,7 +291,7 @@ fn stack_at(
 
 /// Follows `first` and every redirect after it as browser navigations through Traefik, logging
 /// in as `user` at the provider (once: a second visit to the provider ends the walk). Panics on
-/// a loop (a URL answering with the same redirect it answered before: SPEC "a redirect loop is a
+/// a loop (a URL answering with the same redirect it answered before: README, "a redirect loop is a
 /// bug") and after 15 hops. Returns every response.
 async fn navigate_all(
     browser: &Browser,
