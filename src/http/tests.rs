@@ -13,7 +13,12 @@ const PROXY: &str = "127.0.0.1";
 const OUTSIDER: &str = "203.0.113.9";
 
 fn app(toml: &str) -> Arc<App> {
-    futures_util::FutureExt::now_or_never(build_app(&config::parse(toml, &[]).unwrap()))
+    app_at(toml, Arc::new(crate::clock::SystemClock))
+}
+
+fn app_at(toml: &str, clock: Arc<dyn Clock>) -> Arc<App> {
+    let config = config::parse(toml, &[]).unwrap();
+    futures_util::FutureExt::now_or_never(build_app(&config, clock))
         .expect("building the app waits for nothing")
         .unwrap()
 }
@@ -268,7 +273,7 @@ async fn deny_verdicts_never_answer_2xx() {
     let req = forwarded("/").body(()).unwrap();
     let view = View::new(&req, true);
     for v in [
-        Verdict::Login,
+        Verdict::NeedsLogin,
         Verdict::CrowdsecUnavailable,
         Verdict::Banned(crate::crowdsec::Remediation::Captcha),
         Verdict::Forbidden,
