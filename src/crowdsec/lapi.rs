@@ -499,3 +499,62 @@ impl TableWorker {
             .map_err(|_| LapiError::Setup("the table thread dropped a job".to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Now = Now::from_unix_secs(1_800_000_000);
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 11));
+
+    /// A stream-mode bouncer for a LAPI that is never asked (nothing here runs the sync loop),
+    /// with `max_staleness = "2s"`.
+    fn bouncer(fail_closed: bool) -> Arc<Bouncer> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "test-key\n").unwrap();
+        let config = crate::config::parse(
+            &format!(
+                "[crowdsec]\nlapi_url = \"http://127.0.0.1:9/\"\napi_key_file = {key:?}\n\
+                 update_interval = \"1s\"\nfail_closed = {fail_closed}\nmax_staleness = \"2s\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        Bouncer::new(&config.crowdsec, Arc::new(Metrics::new()))
+            .unwrap()
+            .expect("CrowdSec is configured")
+    }
+
+    /// Fail-closed: nothing passes before the first sync, everything passes for
+    /// `max_staleness` after a sync, and nothing passes a millisecond later.
+    #[tokio::test]
+    async fn fail_closed_denies_from_the_first_stale_millisecond() {
+        let b = bouncer(true);
+        assert!(!b.ready(T0));
+        assert_eq!(b.check(CLIENT, T0).await, CrowdsecState::Unavailable);
+        b.synced(T0);
+        let last_fresh = T0.after(Duration::from_secs(2));
+        assert!(b.ready(last_fresh));
+        assert_eq!(b.check(CLIENT, last_fresh).await, CrowdsecState::Clear);
+        let stale = last_fresh.after(Duration::from_millis(1));
+        assert!(!b.ready(stale));
+        assert_eq!(b.check(CLIENT, stale).await, CrowdsecState::Unavailable);
+        // The next sync makes it fresh again, without a restart.
+        b.synced(stale);
+        assert!(b.ready(stale));
+        assert_eq!(b.check(CLIENT, stale).await, CrowdsecState::Clear);
+    }
+
+    /// Fail-open: staleness never denies, and readiness needs only a first sync.
+    #[tokio::test]
+    async fn fail_open_ignores_staleness() {
+        let b = bouncer(false);
+        assert!(!b.ready(T0), "not ready before the first sync");
+        assert_eq!(b.check(CLIENT, T0).await, CrowdsecState::Clear);
+        b.synced(T0);
+        let much_later = T0.after(Duration::from_secs(3600));
+        assert!(b.ready(much_later));
+        assert_eq!(b.check(CLIENT, much_later).await, CrowdsecState::Clear);
+    }
+}

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-mod outcome;
+pub(crate) mod outcome;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
