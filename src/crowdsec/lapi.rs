@@ -62,6 +62,8 @@ pub enum LapiError {
     Busy,
 }
 
+/// The CrowdSec bouncer: the decision table (stream mode) or the live cache, the LAPI client,
+/// and the worker thread that parses answers and builds tables.
 pub struct Bouncer {
     mode: CrowdsecMode,
     fail_closed: bool,

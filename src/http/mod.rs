@@ -614,6 +614,7 @@ fn single_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
         .filter(|s| !s.is_empty())
 }
 
+/// A short plain-text answer that is never cached.
 pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
