@@ -29,8 +29,9 @@ impl MemoryStore {
         Arc::new(Self::default())
     }
 
-    /// Drops the records whose deadline has passed at `now`. Called when the pending logins
-    /// reach their cap; expired records are also never returned, swept or not.
+    /// Drops the records whose deadline has passed at `now`. Called by `Sessions::cleanup`
+    /// and when the pending logins reach their cap; expired records are never returned, swept
+    /// or not.
     pub fn sweep(&self, now: Now) {
         self.sessions.retain(|_, (_, deadline)| *deadline > now);
         self.logins.retain(|_, (_, deadline)| *deadline > now);
@@ -128,6 +129,10 @@ impl SessionStore for MemoryStore {
 
     fn watch_revocations(self: Arc<Self>, _evict: super::Evict) {
         // One replica: `Sessions::revoke` already evicted its own cache.
+    }
+
+    fn sweep_expired(&self, now: Now) {
+        self.sweep(now);
     }
 }
 

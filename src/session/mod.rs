@@ -102,6 +102,11 @@ pub trait SessionStore: Send + Sync {
     /// Starts delivering revoked session keys from other replicas to `evict`. Stores without
     /// replicas do nothing.
     fn watch_revocations(self: Arc<Self>, evict: Evict);
+    /// Drops the records that have expired at `now`. Stores that expire keys by themselves
+    /// (Redis) do nothing.
+    fn sweep_expired(&self, now: Now) {
+        let _ = now;
+    }
 }
 
 /// Distinct signed session ids looked up per request, at most.
@@ -291,11 +296,13 @@ impl Sessions {
         self.store.ping().await.is_ok()
     }
 
-    /// Drops cache entries validated longer than `cache_ttl` before `now`; call periodically.
+    /// Drops cache entries validated longer than `cache_ttl` before `now`, and the store's
+    /// expired records when it keeps them in this process; call periodically.
     pub fn cleanup(&self, now: Now) {
         let ttl = self.cache_ttl_ms;
         self.cache
             .retain(|_, (_, checked, _)| now.millis_since(*checked) <= ttl);
+        self.store.sweep_expired(now);
     }
 }
 

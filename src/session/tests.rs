@@ -253,3 +253,24 @@ async fn repeated_cookies_cost_at_most_a_few_store_calls() {
     assert_eq!(lookup(&s, &forged, T0).await, Found::StoreDown);
     assert_eq!(flaky.gets.load(Ordering::Relaxed), 1);
 }
+
+/// The periodic cleanup also empties the memory store of what has expired: a single replica's
+/// sessions and abandoned logins do not pile up for the life of the process.
+#[tokio::test]
+async fn cleanup_sweeps_the_memory_store() {
+    let store = MemoryStore::new();
+    let s = sessions(store.clone(), Duration::from_secs(5));
+    let value = s.create("alice@example.com", T0).await.unwrap();
+    s.put_pending_login("abandoned", &attempt("x"), Duration::from_secs(60), T0)
+        .await
+        .unwrap();
+    s.cleanup(T0.after(Duration::from_secs(60)));
+    assert_eq!(
+        s.take_pending_login("abandoned", T0).await.unwrap(),
+        None,
+        "swept at its deadline, so gone even when asked about an earlier instant"
+    );
+    assert_eq!(lookup(&s, &[&value], T0).await, alice(), "still alive");
+    s.cleanup(T0.after(LIFETIME));
+    assert_eq!(lookup(&s, &[&value], T0).await, Found::Nothing, "swept");
+}
