@@ -54,10 +54,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// # Errors
 /// Only what the config loader cannot see: a thread that cannot be started, an HTTP client
 /// that cannot be built.
-pub(crate) async fn build_app(
-    config: &Config,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<App>> {
+pub(crate) async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
     let metrics = Arc::new(Metrics::new());
     let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
     let login = match &config.auth {

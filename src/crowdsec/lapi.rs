@@ -178,8 +178,7 @@ impl Bouncer {
                 if let Some(kind) = self.table.load().lookup(ip, now.unix_secs_u32()) {
                     return CrowdsecState::Decided(kind);
                 }
-                if self.fail_closed
-                    && self.stale(self.last_success_ms.load(Ordering::Relaxed), now)
+                if self.fail_closed && self.stale(self.last_success_ms.load(Ordering::Relaxed), now)
                 {
                     return CrowdsecState::Unavailable;
                 }

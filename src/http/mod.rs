@@ -6,17 +6,20 @@
 //! `X-Forwarded-Prefix`/`-Port`); a forwarded value that is missing, repeated or not text turns
 //! into a 400, never an allow; health paths match exactly.
 
+mod body;
 pub mod login;
 mod page;
 
+pub use body::{MAX_BODY_BYTES, MAX_PAGE_BODY_BYTES};
+
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Body as RequestBody;
 
 use crate::client_ip::{client_ip, TrustedProxies};
@@ -166,20 +169,6 @@ impl<'a> View<'a> {
     }
 }
 
-/// The most request body the gate reads (and discards) before it answers: Traefik's
-/// `forwardBody: true` sends the client's body to `/auth` (up to the middleware's
-/// `maxBodySize`), and an answer sent before the body is read makes Traefik fail with a broken
-/// pipe (500). A larger body is answered 413 and the connection closed.
-pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The most request body the other endpoints read: none needs one (a sign-out form is a few
-/// bytes).
-pub const MAX_PAGE_BODY_BYTES: u64 = 64 * 1024;
-
-/// How long reading a request body may take before the answer is 408: a slow body holds one
-/// of the `max_connections` slots.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What `/auth` answers: a verdict, or one of the gate's own pages answered in place.
 enum Answer {
     Verdict(Verdict),
@@ -217,7 +206,7 @@ impl App {
         } else {
             MAX_PAGE_BODY_BYTES
         };
-        match drain(body, limit).await {
+        match body::drain(body, limit).await {
             Ok(()) => response,
             Err(refused) => refused.response(),
         }
@@ -539,65 +528,6 @@ impl App {
             Verdict::BadRequest(_) => plain(StatusCode::BAD_REQUEST, "bad request\n"),
         }
     }
-}
-
-/// Why a request body was not read to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyRefused {
-    /// More than the endpoint reads (413).
-    TooLarge,
-    /// Not finished within [`BODY_READ_TIMEOUT`] (408).
-    TooSlow,
-    /// The body broke off or was malformed (400).
-    Broken,
-}
-
-impl BodyRefused {
-    /// The answer, after which the connection is closed: the rest of the body is unread.
-    fn response(self) -> Response<Body> {
-        match self {
-            BodyRefused::TooLarge => {
-                closing(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-            }
-            BodyRefused::TooSlow => closing(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
-            BodyRefused::Broken => closing(StatusCode::BAD_REQUEST, "bad request body\n"),
-        }
-    }
-}
-
-/// Reads and discards a request body: up to `limit` bytes within [`BODY_READ_TIMEOUT`].
-async fn drain<B: RequestBody>(body: B, limit: u64) -> Result<(), BodyRefused> {
-    if body.is_end_stream() {
-        return Ok(());
-    }
-    if body.size_hint().lower() > limit {
-        return Err(BodyRefused::TooLarge);
-    }
-    let mut body = std::pin::pin!(body);
-    let read_all = async {
-        let mut read: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| BodyRefused::Broken)?;
-            if let Some(data) = frame.data_ref() {
-                read += bytes::Buf::remaining(data) as u64;
-                if read > limit {
-                    return Err(BodyRefused::TooLarge);
-                }
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(BODY_READ_TIMEOUT, read_all)
-        .await
-        .unwrap_or(Err(BodyRefused::TooSlow))
-}
-
-/// A plain answer after which the connection is closed (the rest of the request is unread).
-fn closing(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = plain(status, body);
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }
 
 /// The value of a header that must appear exactly once.

@@ -2,9 +2,11 @@
 //! without a socket (the socket tests live in `tests/`).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::SET_COOKIE;
 use http::{Request, StatusCode};
+use http_body_util::BodyExt;
 
 use super::*;
 use crate::config;
