@@ -287,7 +287,7 @@ pub fn session_verdict(session: &SessionState, policy: &EmailPolicy) -> Verdict 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateKeyKind, RateLimit};
+    use crate::ratelimit::{RateKeyKind, RateLimit};
     use crate::rules::{GatePages, PathPrefix, Rule};
     use governor::clock::FakeRelativeClock;
 
