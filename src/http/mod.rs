@@ -235,6 +235,7 @@ impl App {
                 | "/oauth2/userinfo",
                 Some(login),
             ) => {
+                // The one clock reading of this request, as on `/auth`.
                 let now = self.clock.now();
                 let peer = crate::client_ip::canonical(peer);
                 let trusted = self.trusted.contains(peer);

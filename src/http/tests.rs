@@ -454,7 +454,7 @@ async fn every_login_outcome_is_answered_and_counted_under_its_label() {
     use crate::metrics::StoreOp;
     use crate::oauth::ProviderError;
     use crate::session::StoreError;
-    use login::outcome::{BadState, LoginOutcome, LoginStep};
+    use login::outcome::{BadState, CookieValue, LoginOutcome, LoginStep};
 
     let (a, _secrets) = login_app(Arc::new(crate::clock::SystemClock));
     let login = a.login.as_ref().expect("login is configured");
@@ -511,7 +511,7 @@ async fn every_login_outcome_is_answered_and_counted_under_its_label() {
     let signed_in = login.respond(
         LoginOutcome::SignedIn {
             email: "alice@example.com".into(),
-            session_cookie: "v".into(),
+            session_cookie: CookieValue("v".into()),
             return_url: "https://app.example.com/".into(),
         },
         &view,
@@ -524,7 +524,7 @@ async fn every_login_outcome_is_answered_and_counted_under_its_label() {
     let started = login.respond(
         LoginOutcome::Started {
             authorize_url: "https://idp.example.com/authorize?state=s".parse().unwrap(),
-            binding_cookie: "b".into(),
+            binding_cookie: CookieValue("b".into()),
         },
         &view,
     );

@@ -31,7 +31,7 @@ use crate::oauth::{Provider, ProviderError};
 use crate::rules::{normalize_host, normalize_path, GatePage, GatePages};
 use crate::session::cookie::{random_id, store_key, Purpose};
 use crate::session::{PendingLogin, Sessions, StoreError};
-use outcome::{admit_identity, BadState, CallbackQuery, LoginOutcome, LoginStep};
+use outcome::{admit_identity, BadState, CallbackQuery, CookieValue, LoginOutcome, LoginStep};
 
 /// The most a page of the gate weighs, in bytes (see [`super::page`]).
 pub use super::page::MAX_PAGE_BYTES;
@@ -234,10 +234,11 @@ impl LoginEndpoints {
         }
         LoginOutcome::Started {
             authorize_url: attempt.authorize_url,
-            binding_cookie: self
-                .sessions
-                .codec()
-                .sign(Purpose::LoginBinding, &binding_id),
+            binding_cookie: CookieValue(
+                self.sessions
+                    .codec()
+                    .sign(Purpose::LoginBinding, &binding_id),
+            ),
         }
     }
 
@@ -303,9 +304,9 @@ impl LoginEndpoints {
             Err(outcome) => return outcome,
         };
         match self.sessions.create(&email, now).await {
-            Ok(session_cookie) => LoginOutcome::SignedIn {
+            Ok(value) => LoginOutcome::SignedIn {
                 email,
-                session_cookie,
+                session_cookie: CookieValue(value),
                 return_url: record.return_url,
             },
             Err(e) => LoginOutcome::StoreFailed(StoreOp::Put, e),
@@ -349,7 +350,7 @@ impl LoginEndpoints {
                     SET_COOKIE,
                     self.set_cookie(
                         &self.binding_cookie_name,
-                        &binding_cookie,
+                        &binding_cookie.0,
                         LOGIN_TTL.as_secs(),
                         domain,
                     ),
@@ -367,7 +368,7 @@ impl LoginEndpoints {
                     SET_COOKIE,
                     self.set_cookie(
                         &self.cookie_name,
-                        &session_cookie,
+                        &session_cookie.0,
                         self.sessions.lifetime().as_secs(),
                         domain,
                     ),

@@ -15,6 +15,16 @@ use crate::oauth::email::{EmailPolicy, EmailVerdict};
 use crate::oauth::{Identity, ProviderError};
 use crate::session::StoreError;
 
+/// A signed cookie value. Its `Debug` form hides it, so that an outcome printed in a log line
+/// or a test failure never holds a cookie someone could present.
+pub(crate) struct CookieValue(pub(crate) String);
+
+impl std::fmt::Debug for CookieValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieValue(..)")
+    }
+}
+
 /// Which login step an outcome comes from, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LoginStep {
@@ -48,7 +58,7 @@ pub(crate) enum LoginOutcome {
         /// The provider's authorization URL for this attempt.
         authorize_url: Url,
         /// The signed binding-cookie value.
-        binding_cookie: String,
+        binding_cookie: CookieValue,
     },
     /// The callback created a session: back to `return_url` with the session cookie (a signed
     /// value).
@@ -56,7 +66,7 @@ pub(crate) enum LoginOutcome {
         /// The lower-case address the session was created for.
         email: String,
         /// The signed session-cookie value.
-        session_cookie: String,
+        session_cookie: CookieValue,
         /// Where the browser goes now (checked at the start).
         return_url: String,
     },
