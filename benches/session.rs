@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jacker_gate::client_ip::{client_ip, TrustedProxies};
+use jacker_gate::clock::Now;
 use jacker_gate::config;
 use jacker_gate::crowdsec::table::DecisionTable;
-use jacker_gate::decision::{decide, session_verdict, CrowdsecState, Forwarded, Step, Verdict};
-use jacker_gate::metrics::Metrics;
+use jacker_gate::decision::{
+    decide, session_verdict, CrowdsecState, Forwarded, SessionState, Step, Verdict,
+};
 use jacker_gate::oauth::email::EmailPolicy;
 use jacker_gate::ratelimit::Limiter;
 use jacker_gate::rules::Rules;
@@ -99,10 +101,12 @@ fn bench_store(
             CookieCodec::new(&[5u8; 32]),
             cache_ttl,
             Duration::from_secs(3600),
-            Arc::new(Metrics::new()),
         )
     });
-    let cookie = rt.block_on(sessions.create("alice@example.com")).unwrap();
+    let now = Now::from_unix_secs(u64::from(NOW));
+    let cookie = rt
+        .block_on(sessions.create("alice@example.com", now))
+        .unwrap();
     let peer: IpAddr = "192.168.71.2".parse().unwrap();
     c.bench_function(name, |b| {
         b.to_async(rt).iter(|| async {
@@ -119,7 +123,11 @@ fn bench_store(
             };
             let v = match decide(ip, cs, &limiter, &rules, &req, None) {
                 Step::NeedsSession => {
-                    let s = sessions.resolve([cookie.as_str()].into_iter()).await;
+                    let s = match sessions.resolve([cookie.as_str()].into_iter(), now).await {
+                        Ok(Some(email)) => SessionState::Valid { email },
+                        Ok(None) => SessionState::None,
+                        Err(_) => SessionState::StoreUnavailable,
+                    };
                     session_verdict(&s, &emails)
                 }
                 Step::Done(v) => v,

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use jacker_gate::clock::{Clock, SystemClock};
 use jacker_gate::config::decode_cookie_secret;
-use jacker_gate::metrics::Metrics;
 use jacker_gate::session::cookie::CookieCodec;
 use jacker_gate::session::redis::RedisStore;
 use jacker_gate::session::Sessions;
@@ -29,10 +29,9 @@ async fn main() {
         CookieCodec::new(&key),
         Duration::from_secs(5),
         Duration::from_secs(86_400),
-        std::sync::Arc::new(Metrics::new()),
     );
     let cookie = sessions
-        .create("alice@example.com")
+        .create("alice@example.com", SystemClock.now())
         .await
         .expect("store the session");
     println!("{cookie}");

@@ -5,17 +5,16 @@
 //! here does IO or reads a clock (CrowdSec's answer arrives already looked up, and the limiter
 //! carries its own injected clock). Missing or malformed forwarded data never yields `Allow`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use governor::clock::Clock;
-
-use std::sync::Arc;
 
 use crate::crowdsec::table::Remediation;
 use crate::oauth::email::EmailPolicy;
 use crate::ratelimit::{Limiter, Outcome};
 use crate::rules::{normalize_host, normalize_path, GatePage, PathError, Policy, Rules};
-use crate::session::SessionState;
 
 /// What CrowdSec says about the client, already looked up by the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,31 +23,55 @@ pub enum CrowdsecState {
     Off,
     /// No decision covers the client.
     Clear,
+    /// A decision of this remediation type covers the client.
     Decided(Remediation),
     /// No trustworthy answer and `fail_closed` is set.
     Unavailable,
+}
+
+/// What the request's session cookies resolved to, already looked up by the edge: the input of
+/// step 5 ([`session_verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    /// No cookie, or none that verifies, or a session that ended.
+    None,
+    /// A live session of this (lower-case) email address.
+    Valid {
+        /// The address the session was created for.
+        email: Arc<str>,
+    },
+    /// The store did not answer and no recent validation is cached.
+    StoreUnavailable,
 }
 
 /// The original request as the proxy describes it. `None` means the value was missing,
 /// repeated or not valid text: the route cannot be judged and the answer is 400.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Forwarded<'a> {
+    /// `X-Forwarded-Method`, e.g. `GET`.
     pub method: Option<&'a str>,
+    /// `X-Forwarded-Host`, as sent (any case, maybe with a port or a trailing dot).
     pub host: Option<&'a str>,
+    /// `X-Forwarded-Uri`: the request target, path and query, as raw bytes.
     pub uri: Option<&'a [u8]>,
 }
 
 /// Why a request was refused as malformed (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadRequest {
+    /// `X-Forwarded-For` holds an entry that is not an address.
     #[error("unparseable X-Forwarded-For entry")]
     ForwardedFor,
+    /// `X-Forwarded-Method` is missing, repeated or not text.
     #[error("missing, repeated or invalid X-Forwarded-Method")]
     Method,
+    /// `X-Forwarded-Host` is missing, repeated, not text or not a host name.
     #[error("missing, repeated or invalid X-Forwarded-Host")]
     Host,
+    /// `X-Forwarded-Uri` is missing, repeated or not text.
     #[error("missing, repeated or invalid X-Forwarded-Uri")]
     Uri,
+    /// The path is one the rules refuse to judge (an encoded separator, a `..` above the root).
     #[error("{0}")]
     Path(PathError),
 }
@@ -58,24 +81,27 @@ pub enum BadRequest {
 pub enum Verdict {
     /// 200; with the signed-in user on `login` routes (identity headers).
     Allow {
+        /// The session's email address; `None` on public routes.
         user: Option<Arc<str>>,
     },
-    /// Covered by a CrowdSec decision (403).
+    /// Covered by a CrowdSec decision of this remediation type (403).
     Banned(Remediation),
     /// CrowdSec could not be consulted and the config says fail closed (403).
     CrowdsecUnavailable,
     /// Over the rate limit (429).
     Limited {
+        /// Seconds until the next request would pass (`Retry-After`), at least 1.
         retry_after_secs: u64,
     },
     /// A `deny` rule matched (403).
     Forbidden,
-    /// The route needs a login and there is no session (302 or 401).
-    Login,
+    /// The route needs a login and there is no session (302 to the login, or 401).
+    NeedsLogin,
     /// A session whose email the policy does not (or no longer) allow (403).
     ForbiddenUser,
     /// The session store did not answer and no recent validation is cached (503).
     StoreUnavailable,
+    /// The forwarded request cannot be judged (400).
     BadRequest(BadRequest),
 }
 
@@ -87,7 +113,7 @@ impl Verdict {
             Verdict::Banned(_) => VerdictLabel::Banned,
             Verdict::Limited { .. } => VerdictLabel::Limited,
             Verdict::Forbidden | Verdict::ForbiddenUser => VerdictLabel::Forbidden,
-            Verdict::Login => VerdictLabel::Login,
+            Verdict::NeedsLogin => VerdictLabel::Login,
             Verdict::CrowdsecUnavailable | Verdict::StoreUnavailable | Verdict::BadRequest(_) => {
                 VerdictLabel::Error
             }
@@ -108,7 +134,7 @@ impl std::fmt::Display for Verdict {
             }
             Verdict::Limited { .. } => f.write_str("over the rate limit"),
             Verdict::Forbidden => f.write_str("a deny rule matched"),
-            Verdict::Login => f.write_str("login route without a session"),
+            Verdict::NeedsLogin => f.write_str("login route without a session"),
             Verdict::ForbiddenUser => f.write_str("the session's email is not allowed"),
             Verdict::StoreUnavailable => f.write_str("session store unavailable"),
             Verdict::BadRequest(why) => write!(f, "bad request: {why}"),
@@ -116,17 +142,26 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// The `verdict` label of `jacker_gate_requests_total`: verdicts grouped as README's metric
+/// table documents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerdictLabel {
+    /// `allow`: 200.
     Allow,
+    /// `login`: no session on a `login` route.
     Login,
+    /// `banned`: a CrowdSec decision.
     Banned,
+    /// `limited`: over the rate limit.
     Limited,
+    /// `forbidden`: a deny rule or a disallowed session email.
     Forbidden,
+    /// `error`: 400, or a peer (CrowdSec fail-closed, the session store) unavailable.
     Error,
 }
 
 impl VerdictLabel {
+    /// Every label, in [`VerdictLabel::index`] order.
     pub const ALL: [VerdictLabel; 6] = [
         VerdictLabel::Allow,
         VerdictLabel::Login,
@@ -136,6 +171,7 @@ impl VerdictLabel {
         VerdictLabel::Error,
     ];
 
+    /// The label value as exported.
     pub fn as_str(self) -> &'static str {
         match self {
             VerdictLabel::Allow => "allow",
@@ -147,6 +183,7 @@ impl VerdictLabel {
         }
     }
 
+    /// The position in [`VerdictLabel::ALL`], for arrays of pre-resolved counters.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -155,6 +192,7 @@ impl VerdictLabel {
 /// Where steps 2 to 4 leave a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Settled without a session: a deny, or a public route.
     Done(Verdict),
     /// A `login` route: step 5 needs the session ([`session_verdict`]).
     NeedsSession,
@@ -164,8 +202,10 @@ pub enum Step {
     Gate(GatePage),
 }
 
-/// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints. `user`
-/// is the signed-in user when the limiter is keyed by user and a session was found.
+/// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints: the deny
+/// when one applies, `None` when the request may go on. `user` is the signed-in user when the
+/// limiter is keyed by user and a session was found. A request that passes spends one token of
+/// its bucket.
 pub fn admit<C: Clock + Clone>(
     client: IpAddr,
     crowdsec: CrowdsecState,
@@ -190,7 +230,9 @@ pub fn admit<C: Clock + Clone>(
     None
 }
 
-/// Steps 2 to 4 for a client whose address step 1 has settled.
+/// Steps 2 to 4 for a client whose address step 1 has settled: CrowdSec, the rate limit, then
+/// the route. A deny, or a route the rules settle on their own, is [`Step::Done`]; a `login`
+/// route is [`Step::NeedsSession`]; one of the gate's own pages is [`Step::Gate`].
 pub fn decide<C: Clock + Clone>(
     client: IpAddr,
     crowdsec: CrowdsecState,
@@ -199,49 +241,45 @@ pub fn decide<C: Clock + Clone>(
     request: &Forwarded<'_>,
     user: Option<&str>,
 ) -> Step {
-    match decide_route(client, crowdsec, limiter, rules, request, user) {
-        Ok(step) => step,
-        Err(v) => Step::Done(v),
-    }
-}
-
-fn decide_route<C: Clock + Clone>(
-    client: IpAddr,
-    crowdsec: CrowdsecState,
-    limiter: &Limiter<C>,
-    rules: &Rules,
-    request: &Forwarded<'_>,
-    user: Option<&str>,
-) -> Result<Step, Verdict> {
     if let Some(v) = admit(client, crowdsec, limiter, user) {
-        return Err(v);
+        return Step::Done(v);
     }
-
-    let method = request
-        .method
-        .ok_or(Verdict::BadRequest(BadRequest::Method))?;
-    let host = request.host.ok_or(Verdict::BadRequest(BadRequest::Host))?;
-    let uri = request.uri.ok_or(Verdict::BadRequest(BadRequest::Uri))?;
-    let path = normalize_path(uri).map_err(|e| Verdict::BadRequest(BadRequest::Path(e)))?;
-    let host = normalize_host(host).ok_or(Verdict::BadRequest(BadRequest::Host))?;
+    let (method, host, path) = match route_of(request) {
+        Ok(route) => route,
+        Err(why) => return Step::Done(Verdict::BadRequest(why)),
+    };
     if let Some(page) = rules.gate_page(method, &host, &path) {
-        return Ok(Step::Gate(page));
+        return Step::Gate(page);
     }
     match rules.policy(method, &host, &path) {
-        Policy::Public => Err(Verdict::Allow { user: None }),
-        Policy::Deny => Err(Verdict::Forbidden),
-        Policy::Login => Ok(Step::NeedsSession),
+        Policy::Public => Step::Done(Verdict::Allow { user: None }),
+        Policy::Deny => Step::Done(Verdict::Forbidden),
+        Policy::Login => Step::NeedsSession,
     }
 }
 
-/// Step 5: the session of a `login` route.
+/// The method, normalised host and normalised path the route rules judge, or why the
+/// forwarded request cannot be judged.
+fn route_of<'a>(
+    request: &Forwarded<'a>,
+) -> Result<(&'a str, Cow<'a, str>, Cow<'a, str>), BadRequest> {
+    let method = request.method.ok_or(BadRequest::Method)?;
+    let host = request.host.ok_or(BadRequest::Host)?;
+    let uri = request.uri.ok_or(BadRequest::Uri)?;
+    let path = normalize_path(uri).map_err(BadRequest::Path)?;
+    let host = normalize_host(host).ok_or(BadRequest::Host)?;
+    Ok((method, host, path))
+}
+
+/// Step 5: the session of a `login` route, judged against the email policy (which may have
+/// changed since the session began).
 pub fn session_verdict(session: &SessionState, policy: &EmailPolicy) -> Verdict {
     match session {
         SessionState::Valid { email } if policy.allows_session(email) => Verdict::Allow {
             user: Some(email.clone()),
         },
         SessionState::Valid { .. } => Verdict::ForbiddenUser,
-        SessionState::None => Verdict::Login,
+        SessionState::None => Verdict::NeedsLogin,
         SessionState::StoreUnavailable => Verdict::StoreUnavailable,
     }
 }
@@ -249,7 +287,7 @@ pub fn session_verdict(session: &SessionState, policy: &EmailPolicy) -> Verdict 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateKeyKind, RateLimit};
+    use crate::ratelimit::{RateKeyKind, RateLimit};
     use crate::rules::{GatePages, PathPrefix, Rule};
     use governor::clock::FakeRelativeClock;
 
@@ -511,7 +549,7 @@ mod tests {
         );
         assert_eq!(
             session_verdict(&SessionState::None, &policy),
-            Verdict::Login
+            Verdict::NeedsLogin
         );
         assert_eq!(
             session_verdict(&SessionState::StoreUnavailable, &policy),

@@ -8,6 +8,7 @@
 //!
 //! Modules in reading order: configuration, the core steps, the pipeline, then the edge.
 
+pub mod clock;
 pub mod config;
 pub mod duration;
 

@@ -19,7 +19,9 @@ use crate::decision::VerdictLabel;
 /// The endpoints that record a verdict or a duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/auth`, for Traefik and Caddy.
     Auth,
+    /// `/auth-request`, for nginx's `auth_request`.
     AuthRequest,
 }
 
@@ -35,28 +37,100 @@ impl Endpoint {
     }
 }
 
-/// Login outcomes (`jacker_gate_logins_total{result}`), registered now so dashboards see zeros.
-pub const LOGIN_RESULTS: [&str; 5] = [
-    "success",
-    "denied_email",
-    "unverified",
-    "invalid_state",
-    "provider_error",
-];
+/// The `result` label of `jacker_gate_logins_total`: how a login attempt ended. Each attempt
+/// is counted once, at the step that ended it (`/oauth2/start` or the callback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    /// `success`: a session was created.
+    Success,
+    /// `denied_email`: the email policy refused the account.
+    DeniedEmail,
+    /// `unverified`: the provider does not vouch for the address.
+    Unverified,
+    /// `invalid_state`: the callback's state is missing, unknown, used, expired, from another
+    /// browser, or the answer names another issuer.
+    InvalidState,
+    /// `provider_error`: the provider refused, could not be reached, or its answer did not
+    /// verify.
+    ProviderError,
+    /// `store_error`: the session store failed while the login was stored, taken or finished.
+    StoreError,
+}
+
+impl LoginResult {
+    /// Every result, in declaration order; all are registered at start-up, so dashboards see
+    /// zeros.
+    pub const ALL: [LoginResult; 6] = [
+        LoginResult::Success,
+        LoginResult::DeniedEmail,
+        LoginResult::Unverified,
+        LoginResult::InvalidState,
+        LoginResult::ProviderError,
+        LoginResult::StoreError,
+    ];
+
+    /// The label value as exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginResult::Success => "success",
+            LoginResult::DeniedEmail => "denied_email",
+            LoginResult::Unverified => "unverified",
+            LoginResult::InvalidState => "invalid_state",
+            LoginResult::ProviderError => "provider_error",
+            LoginResult::StoreError => "store_error",
+        }
+    }
+}
+
+/// The `op` label of `jacker_gate_session_store_errors_total`: which store operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// `get`: looking a session up.
+    Get,
+    /// `put`: creating a session.
+    Put,
+    /// `revoke`: signing out.
+    Revoke,
+    /// `login_put`: storing a login attempt at `/oauth2/start`.
+    LoginPut,
+    /// `login_take`: taking a login attempt at the callback.
+    LoginTake,
+}
+
+impl StoreOp {
+    /// The label value as exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Put => "put",
+            StoreOp::Revoke => "revoke",
+            StoreOp::LoginPut => "login_put",
+            StoreOp::LoginTake => "login_take",
+        }
+    }
+}
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// Every `jacker_gate_*` metric, registered once. Cloning a handle shares the metric.
 pub struct Metrics {
     registry: Registry,
     requests: [[Counter; 6]; 2],
     durations: [Histogram; 2],
     decisions: Family<Labels, Gauge>,
+    /// `jacker_gate_crowdsec_last_sync_timestamp_seconds`: Unix seconds (fractional) of the
+    /// last successful LAPI answer.
     pub crowdsec_last_sync: Gauge<f64, AtomicU64>,
+    /// `jacker_gate_crowdsec_sync_errors_total`: failed LAPI requests.
     pub crowdsec_sync_errors: Counter,
+    /// `jacker_gate_crowdsec_skipped_decisions_total`: LAPI decisions the gate cannot enforce.
     pub crowdsec_skipped: Counter,
-    pub logins: Family<Labels, Counter>,
-    pub session_store_errors: Family<Labels, Counter>,
+    logins: [Counter; 6],
+    session_store_errors: Family<Labels, Counter>,
+    /// `jacker_gate_ratelimit_keys`: rate-limit buckets held in memory.
     pub ratelimit_keys: Gauge,
+    /// `jacker_gate_untrusted_forwarded_total`: decision requests with `X-Forwarded-*` from a
+    /// peer outside `server.trusted_proxies`.
     pub untrusted_forwarded: Counter,
 }
 
@@ -67,6 +141,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A registry with every metric at zero.
     pub fn new() -> Self {
         let mut registry = Registry::default();
 
@@ -126,15 +201,17 @@ impl Metrics {
             "LAPI decisions not enforced: a scope other than Ip/Range, or malformed",
             crowdsec_skipped.clone(),
         );
-        let logins = Family::<Labels, Counter>::default();
+        let logins_family = Family::<Labels, Counter>::default();
         registry.register(
             "jacker_gate_logins",
             "Login attempts by result",
-            logins.clone(),
+            logins_family.clone(),
         );
-        for r in LOGIN_RESULTS {
-            let _ = logins.get_or_create(&vec![("result", r)]);
-        }
+        let logins = LoginResult::ALL.map(|r| {
+            logins_family
+                .get_or_create(&vec![("result", r.as_str())])
+                .clone()
+        });
         let session_store_errors = Family::<Labels, Counter>::default();
         registry.register(
             "jacker_gate_session_store_errors",
@@ -171,6 +248,7 @@ impl Metrics {
         m
     }
 
+    /// Counts one answer of `endpoint` with `verdict`, which took `seconds`.
     #[inline]
     pub fn record(&self, endpoint: Endpoint, verdict: VerdictLabel, seconds: f64) {
         let e = endpoint as usize;
@@ -178,6 +256,19 @@ impl Metrics {
         self.durations[e].observe(seconds);
     }
 
+    /// Counts one login attempt that ended with `result`.
+    pub fn login(&self, result: LoginResult) {
+        self.logins[result as usize].inc();
+    }
+
+    /// Counts one failed session store operation.
+    pub fn store_error(&self, op: StoreOp) {
+        self.session_store_errors
+            .get_or_create(&vec![("op", op.as_str())])
+            .inc();
+    }
+
+    /// Sets `jacker_gate_crowdsec_decisions` from the table's counts by type and scope.
     pub fn set_decisions(&self, counts: &Counts) {
         for (kind, scope, n) in counts.rows() {
             self.decisions
@@ -203,6 +294,8 @@ mod tests {
         let m = Metrics::new();
         m.record(Endpoint::Auth, VerdictLabel::Banned, 0.0001);
         m.crowdsec_sync_errors.inc();
+        m.login(LoginResult::StoreError);
+        m.store_error(StoreOp::LoginTake);
         let text = m.encode();
         for name in [
             "jacker_gate_requests_total{endpoint=\"auth\",verdict=\"banned\"} 1",
@@ -211,6 +304,8 @@ mod tests {
             "jacker_gate_crowdsec_last_sync_timestamp_seconds ",
             "jacker_gate_crowdsec_sync_errors_total 1",
             "jacker_gate_logins_total{result=\"invalid_state\"} 0",
+            "jacker_gate_logins_total{result=\"store_error\"} 1",
+            "jacker_gate_session_store_errors_total{op=\"login_take\"} 1",
             "# TYPE jacker_gate_session_store_errors counter",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

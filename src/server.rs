@@ -23,9 +23,10 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::client_ip::TrustedProxies;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Auth, Config, Provider as ProviderKind, Store};
 use crate::crowdsec::lapi::Bouncer;
-use crate::http::login::Login;
+use crate::http::login::LoginEndpoints;
 use crate::http::App;
 use crate::metrics::Metrics;
 use crate::oauth::email::EmailPolicy;
@@ -46,13 +47,14 @@ const LIMITER_CLEANUP: Duration = Duration::from_secs(10);
 /// Timeout of one session-store call: it sits on the request path of `login` routes.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Builds the shared application state from a validated config. Nothing here waits for a
-/// peer: the LAPI, the identity provider and Redis are reached in the background.
+/// Builds the shared application state from a validated config, reading the time from
+/// `clock`. Nothing here waits for a peer: the LAPI, the identity provider and Redis are
+/// reached in the background.
 ///
 /// # Errors
 /// Only what the config loader cannot see: a thread that cannot be started, an HTTP client
 /// that cannot be built.
-pub(crate) async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
+pub(crate) async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
     let metrics = Arc::new(Metrics::new());
     let bouncer = Bouncer::new(&config.crowdsec, metrics.clone())?;
     let login = match &config.auth {
@@ -69,10 +71,15 @@ pub(crate) async fn build_app(config: &Config) -> anyhow::Result<Arc<App>> {
         metrics,
         max_header_bytes: config.server.max_header_bytes,
         untrusted_warned: Default::default(),
+        clock,
     }))
 }
 
-async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> anyhow::Result<Login> {
+async fn build_login(
+    config: &Config,
+    auth: &Auth,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<LoginEndpoints> {
     let codec = CookieCodec::new(auth.cookie_secret.key());
     let store: Arc<dyn SessionStore> = match &config.session.store {
         Store::Memory => MemoryStore::new(),
@@ -88,13 +95,12 @@ async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> any
         codec,
         config.session.cache_ttl,
         config.session.lifetime,
-        metrics.clone(),
     );
     let public_url = auth.public_url.clone();
     let callback = crate::http::login::endpoint_of(&public_url, GatePage::Callback.path());
     let pages = GatePages::new(public_url.host_str().unwrap_or_default(), public_url.path())
         .ok_or_else(|| anyhow::anyhow!("server.public_url has no usable host name"))?;
-    Ok(Login {
+    Ok(LoginEndpoints {
         provider: Provider::new(auth, callback.as_str())?,
         pages,
         sessions,
@@ -115,21 +121,22 @@ async fn build_login(config: &Config, auth: &Auth, metrics: Arc<Metrics>) -> any
 
 /// Runs the gate until `shutdown` resolves.
 pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let app = build_app(&config).await?;
+    let app = build_app(&config, Arc::new(SystemClock)).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     if let Some(b) = &app.bouncer {
-        tokio::spawn(b.clone().run(config.crowdsec.timeout));
+        tokio::spawn(b.clone().run(config.crowdsec.timeout, app.clock.clone()));
     }
     if let Some(login) = &app.login {
         tokio::spawn(login.provider.clone().run());
         let sessions = login.sessions.clone();
+        let clock = app.clock.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
-                sessions.cleanup();
+                sessions.cleanup(clock.now());
             }
         });
     }
@@ -287,6 +294,7 @@ pub(crate) async fn serve_tls(
         let acceptor = acceptor.clone();
         let (h1, h2, h2_health) = (h1.clone(), h2.clone(), h2_health.clone());
         let tls_files = tls.clone();
+        let clock = app.clock.clone();
         async move {
             // A peer that does not finish its handshake in time, or presents a certificate the
             // client CA did not issue, gets no answer: the connection just ends.
@@ -294,7 +302,7 @@ pub(crate) async fn serve_tls(
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     use std::sync::atomic::Ordering;
-                    let now = crate::session::now_unix();
+                    let now = clock.now().unix_secs();
                     let last = warned.load(Ordering::Relaxed);
                     if now >= last + 60
                         && warned

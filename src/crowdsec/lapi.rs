@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::stream::{parse_live, parse_stream};
 use super::table::DecisionTable;
+use crate::clock::{millis, Clock, Now};
 use crate::config::{Crowdsec, CrowdsecMode};
 use crate::decision::CrowdsecState;
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ const LIVE_IN_FLIGHT: usize = 64;
 /// Largest LAPI answer read: a startup stream of 1M decisions is ~140 MB of JSON.
 const MAX_STREAM_BODY: usize = 256 << 20;
 const MAX_LIVE_BODY: usize = 1 << 20;
+/// How often expired decisions (stream) or cached answers (live) are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// A delta is swapped in in this many steps, so at most this share of the table is copied at
 /// once.
 const APPLY_PARTS: usize = 8;
@@ -59,16 +62,8 @@ pub enum LapiError {
     Busy,
 }
 
-fn now_unix() -> (u32, u64) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (
-        u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-    )
-}
-
+/// The CrowdSec bouncer: the decision table (stream mode) or the live cache, the LAPI client,
+/// and the worker thread that parses answers and builds tables.
 pub struct Bouncer {
     mode: CrowdsecMode,
     fail_closed: bool,
@@ -153,25 +148,38 @@ impl Bouncer {
         })))
     }
 
-    /// Whether a first sync (stream) or probe (live) has succeeded.
-    pub fn ready(&self) -> bool {
+    /// Whether a first sync (stream) or probe (live) has succeeded, and, with `fail_closed`,
+    /// the last one lies within `max_staleness` of `now`.
+    pub fn ready(&self, now: Now) -> bool {
         let last = self.last_success_ms.load(Ordering::Relaxed);
-        last != 0 && !(self.fail_closed && self.stale(last))
+        last != 0 && !(self.fail_closed && self.stale(last, now))
     }
 
-    fn stale(&self, last_ms: u64) -> bool {
-        last_ms == 0 || now_unix().1.saturating_sub(last_ms) > self.max_staleness_ms
+    /// Whether the last successful LAPI answer (Unix ms, 0 for none) is older than
+    /// `max_staleness` at `now`.
+    fn stale(&self, last_ms: u64, now: Now) -> bool {
+        last_ms == 0 || now.millis_since(Now::from_unix_millis(last_ms)) > self.max_staleness_ms
     }
 
-    /// What CrowdSec says about `ip` (canonical). Stream mode never awaits anything.
-    pub async fn check(&self, ip: IpAddr) -> CrowdsecState {
-        let (now, now_ms) = now_unix();
+    /// Records a successful LAPI answer received at `now`.
+    fn synced(&self, now: Now) {
+        self.last_success_ms
+            .store(now.unix_millis(), Ordering::Relaxed);
+    }
+
+    /// What CrowdSec says about `ip` (canonical) at `now`: decisions that have expired by
+    /// `now` no longer count, and with `fail_closed` an answer older than `max_staleness`
+    /// is [`CrowdsecState::Unavailable`]. Stream mode never awaits anything; live mode may ask
+    /// the LAPI (bounded by `live_timeout`).
+    pub async fn check(&self, ip: IpAddr, now: Now) -> CrowdsecState {
+        let now_ms = now.unix_millis();
         match self.mode {
             CrowdsecMode::Stream => {
-                if let Some(kind) = self.table.load().lookup(ip, now) {
+                if let Some(kind) = self.table.load().lookup(ip, now.unix_secs_u32()) {
                     return CrowdsecState::Decided(kind);
                 }
-                if self.fail_closed && self.stale(self.last_success_ms.load(Ordering::Relaxed)) {
+                if self.fail_closed && self.stale(self.last_success_ms.load(Ordering::Relaxed), now)
+                {
                     return CrowdsecState::Unavailable;
                 }
                 CrowdsecState::Clear
@@ -184,19 +192,18 @@ impl Bouncer {
                     }
                 }
                 let result = match self.live_slots.try_acquire() {
-                    Ok(_permit) => self.live_lookup(ip, now).await,
+                    Ok(_permit) => self.live_lookup(ip, now.unix_secs_u32()).await,
                     Err(_) => Err(LapiError::Busy),
                 };
                 match result {
                     Ok(kind) => {
-                        self.last_success_ms.store(now_ms, Ordering::Relaxed);
+                        self.synced(now);
                         if self.live_cache.len() >= LIVE_CACHE_MAX {
                             self.live_cache.retain(|_, (_, exp)| *exp > now_ms);
                         }
                         if self.live_cache.len() < LIVE_CACHE_MAX {
-                            let ttl = u64::try_from(self.update_interval.as_millis()).unwrap_or(0);
-                            self.live_cache
-                                .insert(ip, (kind, now_ms.saturating_add(ttl)));
+                            let expires = now.after(self.update_interval).unix_millis();
+                            self.live_cache.insert(ip, (kind, expires));
                         }
                         kind.map_or(CrowdsecState::Clear, CrowdsecState::Decided)
                     }
@@ -276,12 +283,13 @@ impl Bouncer {
     }
 
     /// Runs until the process ends: stream sync (or live-mode probe and cache cleanup) every
-    /// `update_interval`.
-    pub async fn run(self: Arc<Self>, timeout: Duration) {
+    /// `update_interval`, each stream request bounded by `timeout`. `clock` dates each answer
+    /// (staleness, expiry of the decisions it brings).
+    pub async fn run(self: Arc<Self>, timeout: Duration, clock: Arc<dyn Clock>) {
         let mut failures: u64 = 0;
         let mut last_error = String::new();
         let mut need_startup = true;
-        let mut last_sweep = now_unix().0;
+        let mut last_sweep = clock.now();
         let mut last_full = std::time::Instant::now();
         loop {
             // A full answer now and then: the LAPI can leave a decision out of every delta (one
@@ -291,17 +299,20 @@ impl Bouncer {
             }
             let full = need_startup;
             let result = match self.mode {
-                CrowdsecMode::Stream => self.sync_once(need_startup, timeout).await,
-                CrowdsecMode::Live => self.probe().await,
+                CrowdsecMode::Stream => self.sync_once(need_startup, timeout, clock.as_ref()).await,
+                CrowdsecMode::Live => self.probe(clock.as_ref()).await,
             };
             if full && result.is_ok() {
                 last_full = std::time::Instant::now();
             }
-            let (now, now_ms) = now_unix();
+            // Read after the answer arrived: a slow answer is as fresh as its arrival.
+            let now = clock.now();
             match result {
                 Ok(()) => {
-                    self.last_success_ms.store(now_ms, Ordering::Relaxed);
-                    self.metrics.crowdsec_last_sync.set(now_ms as f64 / 1000.0);
+                    self.synced(now);
+                    self.metrics
+                        .crowdsec_last_sync
+                        .set(now.unix_millis() as f64 / 1000.0);
                     if failures > 0 {
                         info!(failures, "crowdsec LAPI reachable again");
                     } else if need_startup {
@@ -333,19 +344,23 @@ impl Bouncer {
                     need_startup = true;
                 }
             }
-            if now.saturating_sub(last_sweep) >= 60 {
+            if now.millis_since(last_sweep) >= millis(SWEEP_INTERVAL) {
                 last_sweep = now;
-                self.sweep(now, now_ms).await;
+                self.sweep(now).await;
             }
             tokio::time::sleep(self.update_interval).await;
         }
     }
 
-    async fn sweep(&self, now: u32, now_ms: u64) {
+    /// Drops what has expired at `now`: decisions from the table (stream), answers from the
+    /// cache (live).
+    async fn sweep(&self, now: Now) {
+        let now_ms = now.unix_millis();
         match self.mode {
             CrowdsecMode::Stream => {
                 let current = self.table.load_full();
-                let swept = self.table_worker.run(move || current.sweep(now)).await;
+                let secs = now.unix_secs_u32();
+                let swept = self.table_worker.run(move || current.sweep(secs)).await;
                 if let Ok(Some(swept)) = swept {
                     self.metrics.set_decisions(&swept.counts());
                     self.table.store(Arc::new(swept));
@@ -386,14 +401,20 @@ impl Bouncer {
         }
     }
 
-    async fn sync_once(&self, startup: bool, timeout: Duration) -> Result<(), LapiError> {
+    async fn sync_once(
+        &self,
+        startup: bool,
+        timeout: Duration,
+        clock: &dyn Clock,
+    ) -> Result<(), LapiError> {
         let path = if startup {
             "v1/decisions/stream?startup=true"
         } else {
             "v1/decisions/stream?startup=false"
         };
         let body = self.get(path, timeout, MAX_STREAM_BODY).await?;
-        let (now, _) = now_unix();
+        // Decisions carry a remaining duration: they are dated when their answer arrived.
+        let now = clock.now().unix_secs_u32();
         // Parsing a startup stream of 100k decisions takes tens of milliseconds: keep it off
         // the runtime threads that answer requests.
         let parsed = self
@@ -428,7 +449,7 @@ impl Bouncer {
         Ok(())
     }
 
-    async fn probe(&self) -> Result<(), LapiError> {
+    async fn probe(&self, clock: &dyn Clock) -> Result<(), LapiError> {
         let body = self
             .get(
                 "v1/decisions?ip=127.0.0.1",
@@ -436,7 +457,7 @@ impl Bouncer {
                 MAX_LIVE_BODY,
             )
             .await?;
-        parse_live(&body, now_unix().0)?;
+        parse_live(&body, clock.now().unix_secs_u32())?;
         Ok(())
     }
 }
@@ -477,5 +498,64 @@ impl TableWorker {
             .map_err(|_| LapiError::Setup("the table thread has stopped".to_owned()))?;
         rx.await
             .map_err(|_| LapiError::Setup("the table thread dropped a job".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Now = Now::from_unix_secs(1_800_000_000);
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 11));
+
+    /// A stream-mode bouncer for a LAPI that is never asked (nothing here runs the sync loop),
+    /// with `max_staleness = "2s"`.
+    fn bouncer(fail_closed: bool) -> Arc<Bouncer> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "test-key\n").unwrap();
+        let config = crate::config::parse(
+            &format!(
+                "[crowdsec]\nlapi_url = \"http://127.0.0.1:9/\"\napi_key_file = {key:?}\n\
+                 update_interval = \"1s\"\nfail_closed = {fail_closed}\nmax_staleness = \"2s\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        Bouncer::new(&config.crowdsec, Arc::new(Metrics::new()))
+            .unwrap()
+            .expect("CrowdSec is configured")
+    }
+
+    /// Fail-closed: nothing passes before the first sync, everything passes for
+    /// `max_staleness` after a sync, and nothing passes a millisecond later.
+    #[tokio::test]
+    async fn fail_closed_denies_from_the_first_stale_millisecond() {
+        let b = bouncer(true);
+        assert!(!b.ready(T0));
+        assert_eq!(b.check(CLIENT, T0).await, CrowdsecState::Unavailable);
+        b.synced(T0);
+        let last_fresh = T0.after(Duration::from_secs(2));
+        assert!(b.ready(last_fresh));
+        assert_eq!(b.check(CLIENT, last_fresh).await, CrowdsecState::Clear);
+        let stale = last_fresh.after(Duration::from_millis(1));
+        assert!(!b.ready(stale));
+        assert_eq!(b.check(CLIENT, stale).await, CrowdsecState::Unavailable);
+        // The next sync makes it fresh again, without a restart.
+        b.synced(stale);
+        assert!(b.ready(stale));
+        assert_eq!(b.check(CLIENT, stale).await, CrowdsecState::Clear);
+    }
+
+    /// Fail-open: staleness never denies, and readiness needs only a first sync.
+    #[tokio::test]
+    async fn fail_open_ignores_staleness() {
+        let b = bouncer(false);
+        assert!(!b.ready(T0), "not ready before the first sync");
+        assert_eq!(b.check(CLIENT, T0).await, CrowdsecState::Clear);
+        b.synced(T0);
+        let much_later = T0.after(Duration::from_secs(3600));
+        assert!(b.ready(much_later));
+        assert_eq!(b.check(CLIENT, much_later).await, CrowdsecState::Clear);
     }
 }

@@ -6,29 +6,34 @@
 //! `X-Forwarded-Prefix`/`-Port`); a forwarded value that is missing, repeated or not text turns
 //! into a 400, never an allow; health paths match exactly.
 
+mod body;
 pub mod login;
+mod page;
+
+pub use body::{MAX_BODY_BYTES, MAX_PAGE_BODY_BYTES};
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Body as RequestBody;
 
 use crate::client_ip::{client_ip, TrustedProxies};
+use crate::clock::{Clock, Now};
 use crate::crowdsec::lapi::Bouncer;
 use crate::decision::{
-    decide, session_verdict, BadRequest, CrowdsecState, Forwarded, Step, Verdict,
+    decide, session_verdict, BadRequest, CrowdsecState, Forwarded, SessionState, Step, Verdict,
 };
 use crate::metrics::{Endpoint, Metrics};
 use crate::ratelimit::Limiter;
 use crate::rules::{GatePage, Rules};
-use crate::session::SessionState;
-use login::Login;
+use login::{LoginEndpoints, SignOutVia};
 
+/// The body of every answer: whole, in memory (the gate's answers are small).
 pub type Body = Full<Bytes>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -43,20 +48,31 @@ const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user")
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
+    /// `server.trusted_proxies`: the peers whose `X-Forwarded-*` is read.
     pub trusted: TrustedProxies,
+    /// The route rules, with the gate's own pages.
     pub rules: Rules,
+    /// The rate limiter (step 3).
     pub limiter: Limiter,
+    /// The CrowdSec bouncer (step 2); `None` when CrowdSec is off.
     pub bouncer: Option<Arc<Bouncer>>,
-    pub login: Option<Login>,
+    /// The login endpoints; `None` without a provider.
+    pub login: Option<LoginEndpoints>,
+    /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// `server.max_header_bytes`: names and values, summed; more is 431.
     pub max_header_bytes: usize,
     /// Unix seconds of the last "untrusted peer sent X-Forwarded-*" warning.
     pub untrusted_warned: std::sync::atomic::AtomicU64,
+    /// The wall clock, read once per request that needs the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the edge knows about one request once its headers are read.
 pub struct View<'a> {
+    /// Whether the TCP peer is in `server.trusted_proxies`.
     pub peer_trusted: bool,
+    /// The request's headers.
     pub headers: &'a HeaderMap,
     /// The original request as the proxy describes it (or this request, from an untrusted peer).
     pub forwarded: Forwarded<'a>,
@@ -153,20 +169,6 @@ impl<'a> View<'a> {
     }
 }
 
-/// The most request body the gate reads (and discards) before it answers: Traefik's
-/// `forwardBody: true` sends the client's body to `/auth` (up to the middleware's
-/// `maxBodySize`), and an answer sent before the body is read makes Traefik fail with a broken
-/// pipe (500). A larger body is answered 413 and the connection closed.
-pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The most request body the other endpoints read: none needs one (a sign-out form is a few
-/// bytes).
-pub const MAX_PAGE_BODY_BYTES: u64 = 64 * 1024;
-
-/// How long reading a request body may take before the answer is 408: a slow body holds one
-/// of the `max_connections` slots.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What `/auth` answers: a verdict, or one of the gate's own pages answered in place.
 enum Answer {
     Verdict(Verdict),
@@ -204,7 +206,7 @@ impl App {
         } else {
             MAX_PAGE_BODY_BYTES
         };
-        match drain(body, limit).await {
+        match body::drain(body, limit).await {
             Ok(()) => response,
             Err(refused) => refused.response(),
         }
@@ -233,6 +235,8 @@ impl App {
                 | "/oauth2/userinfo",
                 Some(login),
             ) => {
+                // The one clock reading of this request, as on `/auth`.
+                let now = self.clock.now();
                 let peer = crate::client_ip::canonical(peer);
                 let trusted = self.trusted.contains(peer);
                 let mut view = View::new(req, trusted);
@@ -240,37 +244,38 @@ impl App {
                 // The login endpoints face the internet too: CrowdSec and the rate limit apply.
                 let client = match self.client(&view, peer) {
                     Ok(ip) => ip,
-                    Err(v) => return self.respond(v, &view, Endpoint::Auth),
+                    Err(bad) => {
+                        return self.respond(Verdict::BadRequest(bad), &view, Endpoint::Auth)
+                    }
                 };
                 view.client = client;
-                let crowdsec = self.crowdsec(client).await;
+                let crowdsec = self.crowdsec(client, now).await;
                 if let Some(v) = crate::decision::admit(client, crowdsec, &self.limiter, None) {
                     return self.respond(v, &view, Endpoint::Auth);
                 }
                 let query = req.uri().query().unwrap_or("");
                 match path {
-                    "/" => login.home(&view).await,
-                    "/oauth2/start" => login.start(&view, query).await,
-                    "/oauth2/callback" => login.callback(&view, query).await,
+                    "/" => login.home(&view, now).await,
+                    "/oauth2/start" => login.start(&view, query, now).await,
+                    "/oauth2/callback" => login.callback(&view, query, now).await,
                     "/oauth2/sign_out" if matches!(*req.method(), Method::GET | Method::POST) => {
-                        login
-                            .sign_out(&view, query, login::SignOutVia::Direct)
-                            .await
+                        login.sign_out(&view, query, SignOutVia::Direct).await
                     }
                     "/oauth2/sign_out" => {
                         plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
                     }
-                    _ => login.userinfo(&view).await,
+                    _ => login.userinfo(&view, now).await,
                 }
             }
             // SPEC: `/` answers also without a provider, saying that login is off.
-            ("/", None) => login::login_off_page(),
+            ("/", None) => page::login_off_page(),
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
     async fn readiness(&self) -> Response<Body> {
-        if !self.bouncer.as_ref().is_none_or(|b| b.ready()) {
+        let now = self.clock.now();
+        if !self.bouncer.as_ref().is_none_or(|b| b.ready(now)) {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: CrowdSec decisions not synced\n",
@@ -287,7 +292,8 @@ impl App {
         plain(StatusCode::OK, "ready\n")
     }
 
-    fn client(&self, view: &View<'_>, peer: IpAddr) -> Result<IpAddr, Verdict> {
+    /// Step 1: the client address, from the `X-Forwarded-For` walk when the peer is trusted.
+    fn client(&self, view: &View<'_>, peer: IpAddr) -> Result<IpAddr, BadRequest> {
         if !view.peer_trusted {
             return Ok(peer);
         }
@@ -296,13 +302,12 @@ impl App {
             .get_all(X_FORWARDED_FOR)
             .into_iter()
             .map(|v| v.as_bytes());
-        client_ip(peer, lines, &self.trusted)
-            .map_err(|_| Verdict::BadRequest(BadRequest::ForwardedFor))
+        client_ip(peer, lines, &self.trusted).map_err(|_| BadRequest::ForwardedFor)
     }
 
-    async fn crowdsec(&self, client: IpAddr) -> CrowdsecState {
+    async fn crowdsec(&self, client: IpAddr, now: Now) -> CrowdsecState {
         match &self.bouncer {
-            Some(b) => b.check(client).await,
+            Some(b) => b.check(client, now).await,
             None => CrowdsecState::Off,
         }
     }
@@ -314,18 +319,21 @@ impl App {
         endpoint: Endpoint,
     ) -> Response<Body> {
         let started = Instant::now();
+        // The one wall-clock reading of this request: CrowdSec's expiry and staleness, the
+        // session's expiry and cache, and the stores' TTLs are all judged at this instant.
+        let now = self.clock.now();
         let peer = crate::client_ip::canonical(peer);
         let mut view = View::new(req, self.trusted.contains(peer));
         view.client = peer;
         if !view.peer_trusted {
-            self.note_untrusted_forwarding(&view, peer);
+            self.note_untrusted_forwarding(&view, peer, now);
         }
         let (client, answer) = match self.client(&view, peer) {
             Ok(client) => {
                 view.client = client;
-                (client, self.verdict(&view, client).await)
+                (client, self.verdict(&view, client, now).await)
             }
-            Err(v) => (peer, Answer::Verdict(v)),
+            Err(bad) => (peer, Answer::Verdict(Verdict::BadRequest(bad))),
         };
         match answer {
             Answer::Verdict(verdict) => {
@@ -367,7 +375,7 @@ impl App {
     /// A decision request from an untrusted peer that carries `X-Forwarded-*` is almost always
     /// Traefik missing from `trusted_proxies`: every request is then judged on Traefik's own
     /// address and path. Count it, and say so in the log at most once a minute.
-    fn note_untrusted_forwarding(&self, view: &View<'_>, peer: IpAddr) {
+    fn note_untrusted_forwarding(&self, view: &View<'_>, peer: IpAddr, now: Now) {
         use std::sync::atomic::Ordering;
         let h = view.headers;
         if !(h.contains_key(X_FORWARDED_URI)
@@ -377,7 +385,7 @@ impl App {
             return;
         }
         self.metrics.untrusted_forwarded.inc();
-        let now = crate::session::now_unix();
+        let now = now.unix_secs();
         let last = self.untrusted_warned.load(Ordering::Relaxed);
         if now >= last + 60
             && self
@@ -395,13 +403,13 @@ impl App {
 
     /// Steps 2 to 5 for `client`, or the answer of one of the gate's own pages when the
     /// forwarded request is for one of them.
-    async fn verdict(&self, view: &View<'_>, client: IpAddr) -> Answer {
-        let crowdsec = self.crowdsec(client).await;
+    async fn verdict(&self, view: &View<'_>, client: IpAddr, now: Now) -> Answer {
+        let crowdsec = self.crowdsec(client, now).await;
         // With `key = "user"` the session is needed before the rate limit.
         let mut session = None;
         if let Some(login) = &self.login {
             if self.limiter.keyed_by_user() {
-                session = Some(login.session(view).await);
+                session = Some(login.session(view, now).await);
             }
         }
         let user = match &session {
@@ -421,7 +429,7 @@ impl App {
             // (the config loader refuses `login` rules then).
             return Answer::Verdict(match step {
                 Step::Done(v) => v,
-                Step::NeedsSession | Step::Gate(_) => Verdict::Login,
+                Step::NeedsSession | Step::Gate(_) => Verdict::NeedsLogin,
             });
         };
         match step {
@@ -429,11 +437,11 @@ impl App {
             Step::NeedsSession => {
                 let session = match session {
                     Some(s) => s,
-                    None => login.session(view).await,
+                    None => login.session(view, now).await,
                 };
                 Answer::Verdict(session_verdict(&session, &login.emails))
             }
-            Step::Gate(page) => self.gate_page(login, page, view).await,
+            Step::Gate(page) => self.gate_page(login, page, view, now).await,
         }
     }
 
@@ -442,25 +450,31 @@ impl App {
     /// steps are answered here, so that a login starts and finishes through `/auth` alone,
     /// whether or not the gate has a router of its own. Every answer given here is a redirect
     /// or an error page, never 2xx: the proxy would forward a 2xx to the upstream instead.
-    async fn gate_page(&self, login: &Login, page: GatePage, view: &View<'_>) -> Answer {
+    async fn gate_page(
+        &self,
+        login: &LoginEndpoints,
+        page: GatePage,
+        view: &View<'_>,
+        now: Now,
+    ) -> Answer {
         let query = view.forwarded_query();
         let response = match page {
             GatePage::Home | GatePage::UserInfo => {
                 return Answer::Verdict(Verdict::Allow { user: None })
             }
-            GatePage::Start => login.start(view, query).await,
-            GatePage::Callback => login.callback(view, query).await,
+            GatePage::Start => login.start(view, query, now).await,
+            GatePage::Callback => login.callback(view, query, now).await,
             GatePage::SignOut if matches!(view.forwarded.method, Some("GET" | "POST")) => {
-                login
-                    .sign_out(view, query, login::SignOutVia::ForwardAuth)
-                    .await
+                login.sign_out(view, query, SignOutVia::ForwardAuth).await
             }
             GatePage::SignOut => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         };
         Answer::Page(page, response)
     }
 
-    /// The one mapping from a verdict to a response.
+    /// The one mapping from a verdict to a response: 200 (with the identity headers for a
+    /// session) for an allow, and never 2xx for anything else. `view` and `endpoint` shape a
+    /// login answer (302 for a browser on `/auth`, 401 with `Location` for nginx).
     pub fn respond(&self, verdict: Verdict, view: &View<'_>, endpoint: Endpoint) -> Response<Body> {
         match verdict {
             Verdict::Allow { user } => {
@@ -495,7 +509,7 @@ impl App {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "session store unavailable, try again shortly\n",
             ),
-            Verdict::Login => {
+            Verdict::NeedsLogin => {
                 let location = self.login.as_ref().and_then(|l| l.start_url_for(view));
                 match (location, endpoint) {
                     (Some(loc), Endpoint::AuthRequest) => {
@@ -517,65 +531,6 @@ impl App {
     }
 }
 
-/// Why a request body was not read to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyRefused {
-    /// More than the endpoint reads (413).
-    TooLarge,
-    /// Not finished within [`BODY_READ_TIMEOUT`] (408).
-    TooSlow,
-    /// The body broke off or was malformed (400).
-    Broken,
-}
-
-impl BodyRefused {
-    /// The answer, after which the connection is closed: the rest of the body is unread.
-    fn response(self) -> Response<Body> {
-        match self {
-            BodyRefused::TooLarge => {
-                closing(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-            }
-            BodyRefused::TooSlow => closing(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
-            BodyRefused::Broken => closing(StatusCode::BAD_REQUEST, "bad request body\n"),
-        }
-    }
-}
-
-/// Reads and discards a request body: up to `limit` bytes within [`BODY_READ_TIMEOUT`].
-async fn drain<B: RequestBody>(body: B, limit: u64) -> Result<(), BodyRefused> {
-    if body.is_end_stream() {
-        return Ok(());
-    }
-    if body.size_hint().lower() > limit {
-        return Err(BodyRefused::TooLarge);
-    }
-    let mut body = std::pin::pin!(body);
-    let read_all = async {
-        let mut read: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| BodyRefused::Broken)?;
-            if let Some(data) = frame.data_ref() {
-                read += bytes::Buf::remaining(data) as u64;
-                if read > limit {
-                    return Err(BodyRefused::TooLarge);
-                }
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(BODY_READ_TIMEOUT, read_all)
-        .await
-        .unwrap_or(Err(BodyRefused::TooSlow))
-}
-
-/// A plain answer after which the connection is closed (the rest of the request is unread).
-fn closing(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = plain(status, body);
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
 /// The value of a header that must appear exactly once.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     let mut all = headers.get_all(name).into_iter();
@@ -590,6 +545,7 @@ fn single_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
         .filter(|s| !s.is_empty())
 }
 
+/// A short plain-text answer that is never cached.
 pub(crate) fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;

@@ -2,8 +2,11 @@
 //! without a socket (the socket tests live in `tests/`).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
+use http::header::SET_COOKIE;
 use http::{Request, StatusCode};
+use http_body_util::BodyExt;
 
 use super::*;
 use crate::config;
@@ -13,7 +16,12 @@ const PROXY: &str = "127.0.0.1";
 const OUTSIDER: &str = "203.0.113.9";
 
 fn app(toml: &str) -> Arc<App> {
-    futures_util::FutureExt::now_or_never(build_app(&config::parse(toml, &[]).unwrap()))
+    app_at(toml, Arc::new(crate::clock::SystemClock))
+}
+
+fn app_at(toml: &str, clock: Arc<dyn Clock>) -> Arc<App> {
+    let config = config::parse(toml, &[]).unwrap();
+    futures_util::FutureExt::now_or_never(build_app(&config, clock))
         .expect("building the app waits for nothing")
         .unwrap()
 }
@@ -268,7 +276,7 @@ async fn deny_verdicts_never_answer_2xx() {
     let req = forwarded("/").body(()).unwrap();
     let view = View::new(&req, true);
     for v in [
-        Verdict::Login,
+        Verdict::NeedsLogin,
         Verdict::CrowdsecUnavailable,
         Verdict::Banned(crate::crowdsec::Remediation::Captcha),
         Verdict::Forbidden,
@@ -383,4 +391,159 @@ async fn a_body_that_never_ends_is_408_and_still_counted() {
             .any(|l| l.contains("verdict=\"forbidden\"") && l.ends_with(" 1")),
         "{metrics}"
     );
+}
+
+/// A gate with a provider (never contacted: these tests stop before any provider call), the
+/// memory store, sessions of an hour trusted from the cache for 5 s, and every route behind a
+/// login. The secret files live as long as the returned directory.
+fn login_app(clock: Arc<dyn Clock>) -> (Arc<App>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let client_secret = dir.path().join("client_secret");
+    std::fs::write(&client_secret, "s3cret\n").unwrap();
+    let cookie_secret = dir.path().join("cookie_secret");
+    std::fs::write(
+        &cookie_secret,
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVm\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "[server]\npublic_url = \"https://auth.example.com\"\n\
+         [auth]\nprovider = \"oidc\"\nissuer_url = \"https://idp.example.com\"\n\
+         client_id = \"gate\"\nclient_secret_file = {client_secret:?}\n\
+         allowed_domains = [\"example.com\"]\n\
+         [session]\ncookie_secret_file = {cookie_secret:?}\nlifetime = \"1h\"\ncache_ttl = \"5s\"\n\
+         [rate_limit]\nper_second = 0\n"
+    );
+    (app_at(&toml, clock), dir)
+}
+
+/// The request's one clock reading decides the session's expiry: the same cookie passes up
+/// to the end of its lifetime and not a millisecond after, with no real time passing.
+#[tokio::test]
+async fn a_session_is_judged_at_the_request_clock() {
+    let t0 = Now::from_unix_secs(1_800_000_000);
+    let clock = Arc::new(crate::clock::FakeClock::new(t0));
+    let (a, _secrets) = login_app(clock.clone());
+    let login = a.login.as_ref().expect("login is configured");
+    let cookie = login
+        .sessions
+        .create("alice@example.com", t0)
+        .await
+        .unwrap();
+    let with_cookie = || forwarded("/").header("Cookie", format!("_jacker_gate={cookie}"));
+
+    let resp = call(&a, with_cookie(), PROXY).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-auth-request-email"], "alice@example.com");
+    clock.advance(Duration::from_secs(3600) - Duration::from_millis(1));
+    assert_eq!(status(&a, with_cookie(), PROXY).await, StatusCode::OK);
+    clock.advance(Duration::from_millis(1));
+    let resp = call(&a, with_cookie(), PROXY).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "expired at its lifetime"
+    );
+    assert!(resp.headers().get("x-auth-request-email").is_none());
+}
+
+/// Every way a login step ends is answered by one mapping: the status it documents, no cookie
+/// for a failure, and one count under the label the outcome names (a store failure included).
+#[tokio::test]
+async fn every_login_outcome_is_answered_and_counted_under_its_label() {
+    use crate::metrics::StoreOp;
+    use crate::oauth::ProviderError;
+    use crate::session::StoreError;
+    use login::outcome::{BadState, CookieValue, LoginOutcome, LoginStep};
+
+    let (a, _secrets) = login_app(Arc::new(crate::clock::SystemClock));
+    let login = a.login.as_ref().expect("login is configured");
+    let req = Request::get("/oauth2/callback").body(()).unwrap();
+    let view = View::new(&req, false);
+    let store_down = || StoreError::Unavailable("connection refused".into());
+    let cases = [
+        (LoginOutcome::ProviderDeclined("access_denied".into()), 401),
+        (
+            LoginOutcome::ProviderRejected(ProviderError::InvalidToken("bad signature".into())),
+            401,
+        ),
+        (
+            LoginOutcome::ProviderUnavailable(
+                LoginStep::Callback,
+                ProviderError::ProviderUnavailable("timeout".into()),
+            ),
+            503,
+        ),
+        (
+            LoginOutcome::ProviderUnavailable(
+                LoginStep::Start,
+                ProviderError::ProviderUnavailable("timeout".into()),
+            ),
+            503,
+        ),
+        (LoginOutcome::InvalidState(BadState::Incomplete), 400),
+        (LoginOutcome::InvalidState(BadState::NoBinding), 400),
+        (LoginOutcome::InvalidState(BadState::Unknown), 400),
+        (LoginOutcome::InvalidState(BadState::WrongIssuer), 400),
+        (LoginOutcome::Unverified, 403),
+        (LoginOutcome::DeniedEmail, 403),
+        (
+            LoginOutcome::StoreFailed(StoreOp::LoginPut, store_down()),
+            503,
+        ),
+        (
+            LoginOutcome::StoreFailed(StoreOp::LoginTake, store_down()),
+            503,
+        ),
+        (LoginOutcome::StoreFailed(StoreOp::Put, store_down()), 503),
+    ];
+    for (outcome, want) in cases {
+        let shown = format!("{outcome:?}");
+        let resp = login.respond(outcome, &view);
+        assert_eq!(resp.status().as_u16(), want, "{shown}");
+        assert!(resp.headers().get(SET_COOKIE).is_none(), "{shown}");
+        if want == 503 {
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("Sign-in is unavailable"), "{shown}: {body}");
+        }
+    }
+    let signed_in = login.respond(
+        LoginOutcome::SignedIn {
+            email: "alice@example.com".into(),
+            session_cookie: CookieValue("v".into()),
+            return_url: "https://app.example.com/".into(),
+        },
+        &view,
+    );
+    assert_eq!(signed_in.status(), StatusCode::FOUND);
+    assert_eq!(signed_in.headers()[LOCATION], "https://app.example.com/");
+    let set = signed_in.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("_jacker_gate=v;"), "{set}");
+    // A start that went well is counted when the attempt ends, not now.
+    let started = login.respond(
+        LoginOutcome::Started {
+            authorize_url: "https://idp.example.com/authorize?state=s".parse().unwrap(),
+            binding_cookie: CookieValue("b".into()),
+        },
+        &view,
+    );
+    assert_eq!(started.status(), StatusCode::FOUND);
+
+    let m = a.metrics.encode();
+    for (result, n) in [
+        ("success", 1),
+        ("provider_error", 4),
+        ("invalid_state", 4),
+        ("unverified", 1),
+        ("denied_email", 1),
+        ("store_error", 3),
+    ] {
+        let line = format!("jacker_gate_logins_total{{result=\"{result}\"}} {n}\n");
+        assert!(m.contains(&line), "{line} missing from\n{m}");
+    }
+    for op in ["login_put", "login_take", "put"] {
+        let line = format!("jacker_gate_session_store_errors_total{{op=\"{op}\"}} 1\n");
+        assert!(m.contains(&line), "{line} missing from\n{m}");
+    }
 }

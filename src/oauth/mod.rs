@@ -65,8 +65,9 @@ pub struct Identity {
     pub hd: Option<String>,
 }
 
+/// Why the OpenID provider did not yield an identity.
 #[derive(Debug, thiserror::Error)]
-pub enum LoginError {
+pub enum ProviderError {
     #[error("the identity provider is unavailable: {0}")]
     ProviderUnavailable(String),
     #[error("the identity provider refused the code: {0}")]
@@ -142,10 +143,10 @@ impl Provider {
         self.discovered.load().is_some()
     }
 
-    async fn discover(&self) -> Result<Arc<Discovered>, LoginError> {
+    async fn discover(&self) -> Result<Arc<Discovered>, ProviderError> {
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| LoginError::ProviderUnavailable(crate::error_chain(&e)))?;
+            .map_err(|e| ProviderError::ProviderUnavailable(crate::error_chain(&e)))?;
         let jwks = metadata.jwks().clone();
         let jwks_uri = metadata.jwks_uri().clone();
         let client = openidconnect::core::CoreClient::from_provider_metadata(
@@ -163,7 +164,7 @@ impl Provider {
         Ok(d)
     }
 
-    async fn current(&self) -> Result<Arc<Discovered>, LoginError> {
+    async fn current(&self) -> Result<Arc<Discovered>, ProviderError> {
         match self.discovered.load_full() {
             Some(d) => Ok(d),
             None => self.discover().await,
@@ -188,7 +189,7 @@ impl Provider {
     }
 
     /// Starts an attempt: the URL to send the browser to and the secrets to keep.
-    pub async fn begin(&self, login_hint: Option<&str>) -> Result<Attempt, LoginError> {
+    pub async fn begin(&self, login_hint: Option<&str>) -> Result<Attempt, ProviderError> {
         let d = self.current().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = d
@@ -219,12 +220,12 @@ impl Provider {
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
-    ) -> Result<Identity, LoginError> {
+    ) -> Result<Identity, ProviderError> {
         let d = self.current().await?;
         let response = d
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .map_err(|e| LoginError::ProviderUnavailable(e.to_string()))?
+            .map_err(|e| ProviderError::ProviderUnavailable(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
             .request_async(&self.http)
             .await
@@ -232,14 +233,14 @@ impl Provider {
                 // The provider could not be reached or answered garbage: not the user's fault.
                 openidconnect::RequestTokenError::Request(_)
                 | openidconnect::RequestTokenError::Parse(..) => {
-                    LoginError::ProviderUnavailable(crate::error_chain(&e))
+                    ProviderError::ProviderUnavailable(crate::error_chain(&e))
                 }
-                other => LoginError::Exchange(crate::error_chain(&other)),
+                other => ProviderError::Exchange(crate::error_chain(&other)),
             })?;
         let _ = response.access_token(); // Never stored: the session holds only the email.
-        let id_token = response
-            .id_token()
-            .ok_or_else(|| LoginError::InvalidToken("no id_token in the token response".into()))?;
+        let id_token = response.id_token().ok_or_else(|| {
+            ProviderError::InvalidToken("no id_token in the token response".into())
+        })?;
         let nonce = Nonce::new(nonce.to_owned());
         let claims = match id_token.claims(&self.verifier(&d.jwks), &nonce) {
             Ok(c) => c.clone(),
@@ -250,25 +251,27 @@ impl Provider {
                 let jwks = self.refresh_jwks(&d).await?;
                 id_token
                     .claims(&self.verifier(&jwks), &nonce)
-                    .map_err(|e| LoginError::InvalidToken(e.to_string()))?
+                    .map_err(|e| ProviderError::InvalidToken(e.to_string()))?
                     .clone()
             }
-            Err(e) => return Err(LoginError::InvalidToken(e.to_string())),
+            Err(e) => return Err(ProviderError::InvalidToken(e.to_string())),
         };
         let iss = claims.issuer().as_str();
         let iss_ok = iss == self.issuer.as_str()
             || (self.kind == ProviderKind::Google && GOOGLE_ISSUERS.contains(&iss));
         if !iss_ok {
-            return Err(LoginError::InvalidToken(format!("unexpected issuer {iss}")));
+            return Err(ProviderError::InvalidToken(format!(
+                "unexpected issuer {iss}"
+            )));
         }
         if let Some(azp) = claims.authorized_party() {
             if azp != &self.client_id {
-                return Err(LoginError::InvalidToken("azp is not this client".into()));
+                return Err(ProviderError::InvalidToken("azp is not this client".into()));
             }
         }
         let email = claims
             .email()
-            .ok_or(LoginError::NoEmail)?
+            .ok_or(ProviderError::NoEmail)?
             .as_str()
             .to_owned();
         Ok(Identity {
@@ -291,17 +294,17 @@ impl Provider {
         .require_issuer_match(false)
     }
 
-    async fn refresh_jwks(&self, d: &Discovered) -> Result<CoreJsonWebKeySet, LoginError> {
+    async fn refresh_jwks(&self, d: &Discovered) -> Result<CoreJsonWebKeySet, ProviderError> {
         let mut last = self.refresh.lock().await;
         if last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_EVERY) {
-            return Err(LoginError::InvalidToken(
+            return Err(ProviderError::InvalidToken(
                 "no key matches the token's kid".into(),
             ));
         }
         *last = Some(Instant::now());
         let jwks = CoreJsonWebKeySet::fetch_async(&d.jwks_uri, &self.http)
             .await
-            .map_err(|e| LoginError::ProviderUnavailable(crate::error_chain(&e)))?;
+            .map_err(|e| ProviderError::ProviderUnavailable(crate::error_chain(&e)))?;
         let fresh = Arc::new(Discovered {
             client: d.client.clone(),
             jwks: jwks.clone(),

@@ -28,6 +28,7 @@ pub fn digest(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
+/// `digest` as 64 lower-case hex digits: the store key of an id.
 pub fn hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
@@ -59,7 +60,9 @@ pub fn parse_hex(key: &str) -> Option<[u8; 32]> {
 /// What a signed value is for; each purpose signs with its own derived key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// The session cookie.
     Session,
+    /// The binding cookie, which ties a login attempt to the browser that started it.
     LoginBinding,
 }
 
@@ -101,7 +104,8 @@ impl CookieCodec {
         }
     }
 
-    /// `id.mac`, both URL-safe base64: safe in a cookie value without quoting.
+    /// `id.mac`, both URL-safe base64: safe in a cookie value without quoting. `id` is one of
+    /// [`random_id`]'s ids.
     pub fn sign(&self, purpose: Purpose, id: &str) -> String {
         let mut mac = self.mac(purpose);
         mac.update(id.as_bytes());
@@ -109,7 +113,8 @@ impl CookieCodec {
         format!("{id}.{tag}")
     }
 
-    /// The id inside `value` if its signature holds.
+    /// The id inside `value` (`id.mac`) if the id has the shape of a [`random_id`] and the
+    /// signature holds for `purpose`; `None` otherwise.
     pub fn verify<'a>(&self, purpose: Purpose, value: &'a str) -> Option<&'a str> {
         let (id, tag) = value.split_once('.')?;
         if id.len() != 43

@@ -6,107 +6,107 @@
 //! turn into a deny (503), except that a session validated within `cache_ttl` may still pass;
 //! a sign-out evicts the session from this replica's cache at once and from every other
 //! replica's through the store's broadcast; login state is single-use (taken atomically).
+//! Nothing here reads a clock: the edge reads one per request and passes the instant (`now`).
 
 pub mod cookie;
 pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
+use crate::clock::{millis, Now};
 use cookie::{digest, hex, parse_hex, store_key, CookieCodec, Purpose};
 
 /// What the store keeps for a session. No provider token is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    /// The lower-case email address the session was created for.
     pub email: String,
-    /// Unix seconds.
+    /// When the session ends, in Unix seconds.
     pub expires: u64,
 }
 
-/// What the store keeps for one login attempt, keyed by its `state`.
+/// A login attempt between `/oauth2/start` and its callback, stored under its `state` and the
+/// browser's binding. Taken once: a callback that finds it uses it up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginRecord {
+pub struct PendingLogin {
+    /// The PKCE code verifier the token exchange must present.
     pub pkce_verifier: String,
+    /// The nonce the ID token must carry.
     pub nonce: String,
+    /// Where the browser goes once signed in (absolute, already checked by the redirect policy).
     pub return_url: String,
     /// Store key of the browser's binding-cookie id.
     pub binding: String,
 }
 
+/// Why a store operation failed. Messages never hold a session id or cookie.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The store did not answer, or answered with an error (the reason, from its client).
     #[error("session store unavailable: {0}")]
     Unavailable(String),
-    #[error("session store holds an unreadable record")]
-    Corrupt,
+    /// A record could not be read or written as JSON (the reason, from serde).
+    #[error("session store holds an unreadable record: {0}")]
+    Corrupt(String),
 }
 
 /// Called with a revoked session's store key, or `None` for "forget every cached session".
 pub type Evict = Arc<dyn Fn(Option<&str>) + Send + Sync>;
 
-/// A cached validation: the email, when it was checked (Unix ms), when the session ends (Unix s).
-type CacheEntry = (Arc<str>, u64, u64);
+/// A cached validation: the email, when it was checked, when the session ends (Unix s).
+type CacheEntry = (Arc<str>, Now, u64);
 
 /// Where sessions and login attempts live. Implementations keep every record no longer than
-/// the TTL they are given.
+/// the TTL they are given, counted from `now` (a store with a clock of its own, like Redis,
+/// may ignore `now`). Keys are store keys (hex SHA-256 of an id), never ids.
 pub trait SessionStore: Send + Sync {
+    /// The session under `key`, or `None` when there is none or it has expired at `now`.
     fn get_session<'a>(
         &'a self,
         key: &'a str,
+        now: Now,
     ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>>;
+    /// Stores a session under `key` for `ttl` from `now`, replacing any.
     fn put_session<'a>(
         &'a self,
         key: &'a str,
         record: &'a SessionRecord,
         ttl: Duration,
+        now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Deletes the session and tells every replica to drop it from its cache.
     fn revoke_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn put_login<'a>(
+    /// Stores a login attempt under `state` for `ttl` from `now`.
+    fn put_pending_login<'a>(
         &'a self,
         state: &'a str,
-        record: &'a LoginRecord,
+        record: &'a PendingLogin,
         ttl: Duration,
+        now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Removes and returns the login record: a `state` works once.
-    fn take_login<'a>(
+    /// Removes and returns the login attempt, `None` when there is none or it has expired at
+    /// `now`: a `state` works once.
+    fn take_pending_login<'a>(
         &'a self,
         state: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LoginRecord>, StoreError>>;
+        now: Now,
+    ) -> BoxFuture<'a, Result<Option<PendingLogin>, StoreError>>;
+    /// Checks that the store answers (readiness).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Starts delivering revoked session keys from other replicas to `evict`. Stores without
     /// replicas do nothing.
     fn watch_revocations(self: Arc<Self>, evict: Evict);
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What a request's cookies say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionState {
-    /// No cookie, or none that verifies, or a session that ended.
-    None,
-    Valid {
-        email: Arc<str>,
-    },
-    /// The store did not answer and no recent validation is cached.
-    StoreUnavailable,
+    /// Drops the records that have expired at `now`. Stores that expire keys by themselves
+    /// (Redis) do nothing.
+    fn sweep_expired(&self, now: Now) {
+        let _ = now;
+    }
 }
 
 /// Distinct signed session ids looked up per request, at most.
@@ -115,7 +115,8 @@ const MAX_COOKIE_TRIES: usize = 4;
 /// Cache entries held at most; beyond it sessions are simply checked against the store.
 const CACHE_MAX: usize = 200_000;
 
-/// Sessions as the HTTP edge uses them: cookie codec + store + local cache.
+/// Sessions as the HTTP edge uses them: cookie codec + store + local cache. Store failures are
+/// returned, never counted or logged here: the edge owns metrics and logs.
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     codec: CookieCodec,
@@ -123,24 +124,25 @@ pub struct Sessions {
     cache: Arc<DashMap<[u8; 32], CacheEntry, foldhash::fast::RandomState>>,
     cache_ttl_ms: u64,
     lifetime: Duration,
-    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
+    /// Sessions over `store`, signed with `codec`. A store validation is trusted for
+    /// `cache_ttl` on this replica (0 turns the cache off); a session lasts `lifetime`.
+    /// Subscribes to the store's revocation broadcast, so it must run inside a tokio runtime
+    /// when the store is Redis.
     pub fn new(
         store: Arc<dyn SessionStore>,
         codec: CookieCodec,
         cache_ttl: Duration,
         lifetime: Duration,
-        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let sessions = Arc::new(Self {
             store: store.clone(),
             codec,
             cache: Arc::default(),
-            cache_ttl_ms: u64::try_from(cache_ttl.as_millis()).unwrap_or(u64::MAX),
+            cache_ttl_ms: millis(cache_ttl),
             lifetime,
-            metrics,
         });
         let cache = sessions.cache.clone();
         store.watch_revocations(Arc::new(move |key: Option<&str>| match key {
@@ -155,27 +157,31 @@ impl Sessions {
         sessions
     }
 
+    /// The codec that signs and verifies session and binding cookies.
     pub fn codec(&self) -> &CookieCodec {
         &self.codec
     }
 
+    /// How long a new session lasts (the cookie's `Max-Age` and the record's TTL).
     pub fn lifetime(&self) -> Duration {
         self.lifetime
     }
 
-    fn error(&self, op: &'static str, e: &StoreError) {
-        self.metrics
-            .session_store_errors
-            .get_or_create(&vec![("op", op)])
-            .inc();
-        tracing::warn!(op, error = %e, "session store error");
-    }
-
     /// Resolves the session from the values of the session cookie (several may be sent, e.g.
-    /// one per cookie domain). At most [`MAX_COOKIE_TRIES`] distinct signed ids are looked up,
-    /// and the first store failure ends the search: a request repeating a cookie cannot turn
-    /// into hundreds of store round trips, each up to the store timeout.
-    pub async fn resolve<'a>(&self, values: impl Iterator<Item = &'a str>) -> SessionState {
+    /// one per cookie domain) at `now`: the session's email, or `None` when no value names a
+    /// live session. At most [`MAX_COOKIE_TRIES`] distinct signed ids are looked up, and the
+    /// first store failure ends the search: a request repeating a cookie cannot turn into
+    /// hundreds of store round trips, each up to the store timeout.
+    ///
+    /// # Errors
+    ///
+    /// The store's error when it failed for a session this replica has not validated within
+    /// `cache_ttl`; the caller must deny (503).
+    pub async fn resolve<'a>(
+        &self,
+        values: impl Iterator<Item = &'a str>,
+        now: Now,
+    ) -> Result<Option<Arc<str>>, StoreError> {
         let mut tried: Vec<&str> = Vec::new();
         for value in values {
             let Some(id) = self.codec.verify(Purpose::Session, value) else {
@@ -189,7 +195,6 @@ impl Sessions {
             }
             tried.push(id);
             let d = digest(id);
-            let now_ms = now_millis();
             // cache_ttl = 0 turns the cache off: every request asks the store.
             let hit = if self.cache_ttl_ms == 0 {
                 None
@@ -197,53 +202,52 @@ impl Sessions {
                 self.cache.get(&d)
             };
             if let Some(hit) = hit {
-                let (email, checked_ms, expires) = hit.clone();
-                if now_ms.saturating_sub(checked_ms) <= self.cache_ttl_ms && expires > now_ms / 1000
-                {
-                    return SessionState::Valid { email };
+                let (email, checked, expires) = hit.clone();
+                if now.millis_since(checked) <= self.cache_ttl_ms && expires > now.unix_secs() {
+                    return Ok(Some(email));
                 }
             }
             let key = hex(&d);
-            match self.store.get_session(&key).await {
-                Ok(Some(rec)) if rec.expires > now_ms / 1000 => {
+            match self.store.get_session(&key, now).await? {
+                Some(rec) if rec.expires > now.unix_secs() => {
                     let email: Arc<str> = rec.email.into();
                     if self.cache_ttl_ms > 0 && self.cache.len() < CACHE_MAX {
-                        self.cache.insert(d, (email.clone(), now_ms, rec.expires));
+                        self.cache.insert(d, (email.clone(), now, rec.expires));
                     }
-                    return SessionState::Valid { email };
+                    return Ok(Some(email));
                 }
-                Ok(_) => {
+                _ => {
                     self.cache.remove(&d);
-                }
-                Err(e) => {
-                    self.error("get", &e);
-                    return SessionState::StoreUnavailable;
                 }
             }
         }
-        SessionState::None
+        Ok(None)
     }
 
-    /// Creates a session for `email` and returns the signed cookie value. A fresh id every
-    /// time: a login never reuses an id the browser brought (session fixation).
-    pub async fn create(&self, email: &str) -> Result<String, StoreError> {
+    /// Creates a session for `email`, starting at `now`, and returns the signed cookie value. A
+    /// fresh id every time: a login never reuses an id the browser brought (session fixation).
+    ///
+    /// # Errors
+    ///
+    /// The store's error when it could not keep the session; no cookie is issued then.
+    pub async fn create(&self, email: &str, now: Now) -> Result<String, StoreError> {
         let id = cookie::random_id();
         let record = SessionRecord {
             email: email.to_owned(),
-            expires: now_unix() + self.lifetime.as_secs(),
+            expires: now.after(self.lifetime).unix_secs(),
         };
-        if let Err(e) = self
-            .store
-            .put_session(&store_key(&id), &record, self.lifetime)
-            .await
-        {
-            self.error("put", &e);
-            return Err(e);
-        }
+        self.store
+            .put_session(&store_key(&id), &record, self.lifetime, now)
+            .await?;
         Ok(self.codec.sign(Purpose::Session, &id))
     }
 
-    /// Ends every session named by the cookie values.
+    /// Ends every session named by the cookie values, evicting each from this replica's cache
+    /// at once and from the others' through the store's broadcast.
+    ///
+    /// # Errors
+    ///
+    /// The first store failure; sessions after it in `values` are left as they were.
     pub async fn revoke<'a>(
         &self,
         values: impl Iterator<Item = &'a str>,
@@ -252,45 +256,53 @@ impl Sessions {
             if let Some(id) = self.codec.verify(Purpose::Session, value) {
                 let d = digest(id);
                 self.cache.remove(&d);
-                let key = hex(&d);
-                if let Err(e) = self.store.revoke_session(&key).await {
-                    self.error("revoke", &e);
-                    return Err(e);
-                }
+                self.store.revoke_session(&hex(&d)).await?;
             }
         }
         Ok(())
     }
 
-    pub async fn put_login(
+    /// Stores a login attempt under `key` for `ttl` from `now`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the login cannot start then.
+    pub async fn put_pending_login(
         &self,
-        state: &str,
-        record: &LoginRecord,
+        key: &str,
+        record: &PendingLogin,
         ttl: Duration,
+        now: Now,
     ) -> Result<(), StoreError> {
-        self.store
-            .put_login(state, record, ttl)
-            .await
-            .inspect_err(|e| self.error("login_put", e))
+        self.store.put_pending_login(key, record, ttl, now).await
     }
 
-    pub async fn take_login(&self, state: &str) -> Result<Option<LoginRecord>, StoreError> {
-        self.store
-            .take_login(state)
-            .await
-            .inspect_err(|e| self.error("login_take", e))
+    /// Takes (removes and returns) the login attempt under `key`, if it is there and has not
+    /// expired at `now`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; whether the attempt was used up is then unknown.
+    pub async fn take_pending_login(
+        &self,
+        key: &str,
+        now: Now,
+    ) -> Result<Option<PendingLogin>, StoreError> {
+        self.store.take_pending_login(key, now).await
     }
 
+    /// Whether the store answers (readiness).
     pub async fn ping(&self) -> bool {
         self.store.ping().await.is_ok()
     }
 
-    /// Drops cache entries older than `cache_ttl`; call periodically.
-    pub fn cleanup(&self) {
-        let now_ms = now_millis();
+    /// Drops cache entries validated longer than `cache_ttl` before `now`, and the store's
+    /// expired records when it keeps them in this process; call periodically.
+    pub fn cleanup(&self, now: Now) {
         let ttl = self.cache_ttl_ms;
         self.cache
-            .retain(|_, (_, checked, _)| now_ms.saturating_sub(*checked) <= ttl);
+            .retain(|_, (_, checked, _)| now.millis_since(*checked) <= ttl);
+        self.store.sweep_expired(now);
     }
 }
 

@@ -14,13 +14,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tracing::{info, warn};
 
-use super::{LoginRecord, SessionRecord, SessionStore, StoreError};
+use super::{PendingLogin, SessionRecord, SessionStore, StoreError};
+use crate::clock::Now;
 
 const SESSION_PREFIX: &str = "jacker-gate:session:";
 const LOGIN_PREFIX: &str = "jacker-gate:login:";
 /// The channel sign-outs are published on; the message is the session's store key.
 pub const REVOKE_CHANNEL: &str = "jacker-gate:revoked";
 
+/// Sessions and pending logins in Redis, with Redis's own TTLs (whole seconds, at least 1); the
+/// `now` each call is given is not used, since Redis expires keys by its own clock.
 pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
@@ -30,8 +33,18 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
 impl RedisStore {
-    /// Connects lazily: the gate starts (and answers 503 on login routes) while Redis is down.
+    /// A store on `url` (`redis://` or `rediss://`), with `password` when given; every call
+    /// and (re)connection is bounded by `timeout`. Connects lazily: the gate starts (and
+    /// answers 503 on login routes) while Redis is down.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when `url` does not parse as a Redis URL.
     pub async fn connect(
         url: &str,
         password: Option<&str>,
@@ -60,6 +73,7 @@ impl SessionStore for RedisStore {
     fn get_session<'a>(
         &'a self,
         key: &'a str,
+        _now: Now,
     ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
@@ -67,7 +81,7 @@ impl SessionStore for RedisStore {
                 .get(format!("{SESSION_PREFIX}{key}"))
                 .await
                 .map_err(unavailable)?;
-            raw.map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt))
+            raw.map(|b| serde_json::from_slice(&b).map_err(corrupt))
                 .transpose()
         })
     }
@@ -77,10 +91,11 @@ impl SessionStore for RedisStore {
         key: &'a str,
         record: &'a SessionRecord,
         ttl: Duration,
+        _now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
-            let body = serde_json::to_vec(record).map_err(|_| StoreError::Corrupt)?;
+            let body = serde_json::to_vec(record).map_err(corrupt)?;
             c.set_ex::<_, _, ()>(format!("{SESSION_PREFIX}{key}"), body, ttl.as_secs().max(1))
                 .await
                 .map_err(unavailable)
@@ -99,32 +114,34 @@ impl SessionStore for RedisStore {
         })
     }
 
-    fn put_login<'a>(
+    fn put_pending_login<'a>(
         &'a self,
         state: &'a str,
-        record: &'a LoginRecord,
+        record: &'a PendingLogin,
         ttl: Duration,
+        _now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
-            let body = serde_json::to_vec(record).map_err(|_| StoreError::Corrupt)?;
+            let body = serde_json::to_vec(record).map_err(corrupt)?;
             c.set_ex::<_, _, ()>(format!("{LOGIN_PREFIX}{state}"), body, ttl.as_secs().max(1))
                 .await
                 .map_err(unavailable)
         })
     }
 
-    fn take_login<'a>(
+    fn take_pending_login<'a>(
         &'a self,
         state: &'a str,
-    ) -> BoxFuture<'a, Result<Option<LoginRecord>, StoreError>> {
+        _now: Now,
+    ) -> BoxFuture<'a, Result<Option<PendingLogin>, StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
             let raw: Option<Vec<u8>> = c
                 .get_del(format!("{LOGIN_PREFIX}{state}"))
                 .await
                 .map_err(unavailable)?;
-            raw.map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt))
+            raw.map(|b| serde_json::from_slice(&b).map_err(corrupt))
                 .transpose()
         })
     }
