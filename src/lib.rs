@@ -23,13 +23,17 @@ pub mod decision;
 pub mod oauth;
 pub mod session;
 
-pub mod http;
+pub(crate) mod http;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod server;
 pub(crate) mod tls;
 
 pub mod cli;
+
+/// The most a page of the gate weighs, in bytes: Traefik reads every forwardAuth answer into a
+/// buffer of `maxResponseBodySize`, which the deployment sets to at least twice this.
+pub use http::page::MAX_PAGE_BYTES;
 
 /// An error with its sources, `: `-joined: HTTP client errors keep the useful part (connection
 /// refused, a certificate problem, a timeout) in their sources.

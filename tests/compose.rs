@@ -753,7 +753,7 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
         let bound = f.get("maxResponseBodySize").and_then(|v| v.as_integer());
         assert_eq!(
             bound,
-            Some(2 * jacker_gate::http::login::MAX_PAGE_BYTES as i64),
+            Some(2 * jacker_gate::MAX_PAGE_BYTES as i64),
             "{name}: maxResponseBodySize"
         );
         // Only what the gate reads (browser or API client, and the session cookie).

@@ -24,7 +24,8 @@ use crate::decision::CrowdsecState;
 use crate::metrics::Metrics;
 
 /// `User-Agent` the LAPI sees (CrowdSec lists bouncers by it).
-pub const USER_AGENT: &str = concat!("crowdsec-jacker-gate-bouncer/v", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str =
+    concat!("crowdsec-jacker-gate-bouncer/v", env!("CARGO_PKG_VERSION"));
 
 /// Live-mode answers kept at most; beyond it answers are not cached (a flood of distinct
 /// addresses must not grow memory without bound).
@@ -43,7 +44,7 @@ const APPLY_PARTS: usize = 8;
 
 /// Why a LAPI request failed. Messages are written for the operator and never hold the key.
 #[derive(Debug, thiserror::Error)]
-pub enum LapiError {
+pub(crate) enum LapiError {
     #[error("cannot reach the LAPI: {0}")]
     Transport(String),
     #[error("the LAPI refused the bouncer key (HTTP 403): check crowdsec.api_key_file against `cscli bouncers list`")]
@@ -64,7 +65,7 @@ pub enum LapiError {
 
 /// The CrowdSec bouncer: the decision table (stream mode) or the live cache, the LAPI client,
 /// and the worker thread that parses answers and builds tables.
-pub struct Bouncer {
+pub(crate) struct Bouncer {
     mode: CrowdsecMode,
     fail_closed: bool,
     max_staleness_ms: u64,
@@ -92,7 +93,10 @@ impl Bouncer {
     ///
     /// # Errors
     /// [`LapiError::Setup`] when the HTTP client cannot be built or the thread cannot start.
-    pub fn new(config: &Crowdsec, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, LapiError> {
+    pub(crate) fn new(
+        config: &Crowdsec,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Arc<Self>>, LapiError> {
         let Some(lapi) = &config.lapi else {
             return Ok(None);
         };
@@ -150,7 +154,7 @@ impl Bouncer {
 
     /// Whether a first sync (stream) or probe (live) has succeeded, and, with `fail_closed`,
     /// the last one lies within `max_staleness` of `now`.
-    pub fn ready(&self, now: Now) -> bool {
+    pub(crate) fn ready(&self, now: Now) -> bool {
         let last = self.last_success_ms.load(Ordering::Relaxed);
         last != 0 && !(self.fail_closed && self.stale(last, now))
     }
@@ -171,7 +175,7 @@ impl Bouncer {
     /// `now` no longer count, and with `fail_closed` an answer older than `max_staleness`
     /// is [`CrowdsecState::Unavailable`]. Stream mode never awaits anything; live mode may ask
     /// the LAPI (bounded by `live_timeout`).
-    pub async fn check(&self, ip: IpAddr, now: Now) -> CrowdsecState {
+    pub(crate) async fn check(&self, ip: IpAddr, now: Now) -> CrowdsecState {
         let now_ms = now.unix_millis();
         match self.mode {
             CrowdsecMode::Stream => {
@@ -285,7 +289,7 @@ impl Bouncer {
     /// Runs until the process ends: stream sync (or live-mode probe and cache cleanup) every
     /// `update_interval`, each stream request bounded by `timeout`. `clock` dates each answer
     /// (staleness, expiry of the decisions it brings).
-    pub async fn run(self: Arc<Self>, timeout: Duration, clock: Arc<dyn Clock>) {
+    pub(crate) async fn run(self: Arc<Self>, timeout: Duration, clock: Arc<dyn Clock>) {
         let mut failures: u64 = 0;
         let mut last_error = String::new();
         let mut need_startup = true;

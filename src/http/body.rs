@@ -17,11 +17,11 @@ use super::{plain, Body};
 /// `forwardBody: true` sends the client's body to `/auth` (up to the middleware's
 /// `maxBodySize`), and an answer sent before the body is read makes Traefik fail with a broken
 /// pipe (500). A larger body is answered 413 and the connection closed.
-pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The most request body the other endpoints read: none needs one (a sign-out form is a few
 /// bytes).
-pub const MAX_PAGE_BODY_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_PAGE_BODY_BYTES: u64 = 64 * 1024;
 
 /// How long reading a request body may take before the answer is 408: a slow body holds one
 /// of the `max_connections` slots.

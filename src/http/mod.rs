@@ -7,10 +7,10 @@
 //! into a 400, never an allow; health paths match exactly.
 
 mod body;
-pub mod login;
-mod page;
+pub(crate) mod login;
+pub(crate) mod page;
 
-pub use body::{MAX_BODY_BYTES, MAX_PAGE_BODY_BYTES};
+pub(crate) use body::{MAX_BODY_BYTES, MAX_PAGE_BODY_BYTES};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use crate::rules::{GatePage, Rules};
 use login::{LoginEndpoints, SignOutVia};
 
 /// The body of every answer: whole, in memory (the gate's answers are small).
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -47,40 +47,40 @@ const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-
 const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 
 /// Everything a request needs, shared by all connections.
-pub struct App {
+pub(crate) struct App {
     /// `server.trusted_proxies`: the peers whose `X-Forwarded-*` is read.
-    pub trusted: TrustedProxies,
+    pub(crate) trusted: TrustedProxies,
     /// The route rules, with the gate's own pages.
-    pub rules: Rules,
+    pub(crate) rules: Rules,
     /// The rate limiter (step 3).
-    pub limiter: Limiter,
+    pub(crate) limiter: Limiter,
     /// The CrowdSec bouncer (step 2); `None` when CrowdSec is off.
-    pub bouncer: Option<Arc<Bouncer>>,
+    pub(crate) bouncer: Option<Arc<Bouncer>>,
     /// The login endpoints; `None` without a provider.
-    pub login: Option<LoginEndpoints>,
+    pub(crate) login: Option<LoginEndpoints>,
     /// Every metric.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// `server.max_header_bytes`: names and values, summed; more is 431.
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// Unix seconds of the last "untrusted peer sent X-Forwarded-*" warning.
-    pub untrusted_warned: std::sync::atomic::AtomicU64,
+    pub(crate) untrusted_warned: std::sync::atomic::AtomicU64,
     /// The wall clock, read once per request that needs the time.
-    pub clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// What the edge knows about one request once its headers are read.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     /// Whether the TCP peer is in `server.trusted_proxies`.
-    pub peer_trusted: bool,
+    pub(crate) peer_trusted: bool,
     /// The request's headers.
-    pub headers: &'a HeaderMap,
+    pub(crate) headers: &'a HeaderMap,
     /// The original request as the proxy describes it (or this request, from an untrusted peer).
-    pub forwarded: Forwarded<'a>,
+    pub(crate) forwarded: Forwarded<'a>,
     /// `http` or `https`: the forwarded scheme from a trusted proxy, else `http`.
-    pub proto: &'a str,
+    pub(crate) proto: &'a str,
     /// The client address step 1 settled on (the TCP peer until then), for log lines that a
     /// CrowdSec scenario reads (failed logins).
-    pub client: IpAddr,
+    pub(crate) client: IpAddr,
 }
 
 impl<'a> View<'a> {
@@ -126,7 +126,7 @@ impl<'a> View<'a> {
 
     /// A navigation a browser can follow a redirect on (GET/HEAD asking for HTML, not XHR).
     /// Only a login answer needs it, so it is not computed on the hot path.
-    pub fn browser_navigation(&self) -> bool {
+    pub(crate) fn browser_navigation(&self) -> bool {
         let method_ok = matches!(self.forwarded.method, Some("GET" | "HEAD"));
         let wants_html = self
             .headers
@@ -141,7 +141,7 @@ impl<'a> View<'a> {
     }
 
     /// Every value of cookie `name` the request carries.
-    pub fn cookies(&self, name: &'a str) -> impl Iterator<Item = &'a str> {
+    pub(crate) fn cookies(&self, name: &'a str) -> impl Iterator<Item = &'a str> {
         crate::session::cookie::cookie_values(
             self.headers
                 .get_all(COOKIE)
@@ -153,7 +153,7 @@ impl<'a> View<'a> {
 
     /// The query of the forwarded request target (without `?` and any fragment); empty when
     /// there is none.
-    pub fn forwarded_query(&self) -> &'a str {
+    pub(crate) fn forwarded_query(&self) -> &'a str {
         let uri = self
             .forwarded
             .uri
@@ -164,7 +164,7 @@ impl<'a> View<'a> {
     }
 
     /// The host the browser addressed: the forwarded host from a trusted proxy, else `Host`.
-    pub fn host(&self) -> Option<&'a str> {
+    pub(crate) fn host(&self) -> Option<&'a str> {
         self.forwarded.host
     }
 }
@@ -179,7 +179,7 @@ impl App {
     /// Answers one request from `peer` (the TCP peer address). The request body, if any, is
     /// read and discarded before the answer is sent (up to [`MAX_BODY_BYTES`] on `/auth` and
     /// `/auth-request`, [`MAX_PAGE_BODY_BYTES`] elsewhere); no endpoint uses it.
-    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body>
+    pub(crate) async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Body>
     where
         B: RequestBody,
     {
@@ -475,7 +475,12 @@ impl App {
     /// The one mapping from a verdict to a response: 200 (with the identity headers for a
     /// session) for an allow, and never 2xx for anything else. `view` and `endpoint` shape a
     /// login answer (302 for a browser on `/auth`, 401 with `Location` for nginx).
-    pub fn respond(&self, verdict: Verdict, view: &View<'_>, endpoint: Endpoint) -> Response<Body> {
+    pub(crate) fn respond(
+        &self,
+        verdict: Verdict,
+        view: &View<'_>,
+        endpoint: Endpoint,
+    ) -> Response<Body> {
         match verdict {
             Verdict::Allow { user } => {
                 // The proxy never shows an allow answer to the client (it forwards the
@@ -563,7 +568,7 @@ mod tests;
 
 /// The base URL to probe a gate listening on `listen`: wildcard addresses are dialled on
 /// loopback.
-pub fn health_base_url(listen: std::net::SocketAddr) -> String {
+pub(crate) fn health_base_url(listen: std::net::SocketAddr) -> String {
     let ip = match listen.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),

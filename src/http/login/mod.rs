@@ -33,9 +33,6 @@ use crate::session::cookie::{random_id, store_key, Purpose};
 use crate::session::{PendingLogin, Sessions, StoreError};
 use outcome::{admit_identity, BadState, CallbackQuery, CookieValue, LoginOutcome, LoginStep};
 
-/// The most a page of the gate weighs, in bytes (see [`super::page`]).
-pub use super::page::MAX_PAGE_BYTES;
-
 /// How long a login attempt (state, PKCE verifier, nonce) stays valid.
 const LOGIN_TTL: Duration = Duration::from_secs(600);
 
@@ -52,7 +49,7 @@ fn login_key(state: &str, binding: &str) -> String {
 /// How a sign-out request arrived: at the gate's own `/oauth2/sign_out`, or as a forwarded
 /// request that `/auth` answers (which must not be 2xx: the proxy would forward it instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignOutVia {
+pub(crate) enum SignOutVia {
     /// `/oauth2/sign_out` on the gate's own router.
     Direct,
     /// A forwarded request for `/oauth2/sign_out` arriving at `/auth`.
@@ -61,29 +58,29 @@ pub enum SignOutVia {
 
 /// What the login endpoints share: the provider, the sessions, the policies and the cookie
 /// settings. Built once at start-up when a provider is configured.
-pub struct LoginEndpoints {
+pub(crate) struct LoginEndpoints {
     /// The OpenID provider.
-    pub provider: Arc<Provider>,
+    pub(crate) provider: Arc<Provider>,
     /// Where the gate's own pages live (`public_url`'s host and path).
-    pub pages: GatePages,
+    pub(crate) pages: GatePages,
     /// Sessions and pending logins.
-    pub sessions: Arc<Sessions>,
+    pub(crate) sessions: Arc<Sessions>,
     /// Who may sign in, checked at the callback and again on every request.
-    pub emails: EmailPolicy,
+    pub(crate) emails: EmailPolicy,
     /// Where a return URL (`rd`) may lead.
-    pub redirects: RedirectPolicy,
+    pub(crate) redirects: RedirectPolicy,
     /// `server.public_url`: the base of every login page's address.
-    pub public_url: Url,
+    pub(crate) public_url: Url,
     /// The session cookie's name.
-    pub cookie_name: String,
+    pub(crate) cookie_name: String,
     /// The binding cookie's name (the session cookie's name with `_login`).
-    pub binding_cookie_name: String,
+    pub(crate) binding_cookie_name: String,
     /// `session.cookie_domains`: a cookie's `Domain` when the host is under one of them.
-    pub cookie_domains: Vec<crate::domain::DomainSuffix>,
+    pub(crate) cookie_domains: Vec<crate::domain::DomainSuffix>,
     /// Whether cookies carry `Secure`.
-    pub cookie_secure: bool,
+    pub(crate) cookie_secure: bool,
     /// Where login results and session-store failures are counted.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The first value of query parameter `name`, percent- and form-decoded.
@@ -94,7 +91,7 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, st
 }
 
 /// `{public_url}{path}`, keeping any path prefix of `public_url` and dropping its query.
-pub fn endpoint_of(public_url: &Url, path: &str) -> Url {
+pub(crate) fn endpoint_of(public_url: &Url, path: &str) -> Url {
     let mut url = public_url.clone();
     let base = url.path().trim_end_matches('/').to_owned();
     url.set_path(&format!("{base}{path}"));
@@ -104,13 +101,13 @@ pub fn endpoint_of(public_url: &Url, path: &str) -> Url {
 
 impl LoginEndpoints {
     /// `{public_url}{path}`.
-    pub fn endpoint(&self, path: &str) -> Url {
+    pub(crate) fn endpoint(&self, path: &str) -> Url {
         endpoint_of(&self.public_url, path)
     }
 
     /// Where `/auth` sends a visitor without a session: `/oauth2/start?rd=<the original URL>`;
     /// `None` when that URL cannot be a header value.
-    pub fn start_url_for(&self, view: &View<'_>) -> Option<HeaderValue> {
+    pub(crate) fn start_url_for(&self, view: &View<'_>) -> Option<HeaderValue> {
         let mut url = self.endpoint(GatePage::Start.path());
         if let (Some(host), Some(uri)) = (view.host(), view.forwarded.uri) {
             if let Ok(uri) = std::str::from_utf8(uri) {
@@ -157,7 +154,7 @@ impl LoginEndpoints {
 
     /// The request's session at `now`. A store failure is counted here and becomes
     /// [`SessionState::StoreUnavailable`], which the caller answers with a 503.
-    pub async fn session(&self, view: &View<'_>, now: Now) -> SessionState {
+    pub(crate) async fn session(&self, view: &View<'_>, now: Now) -> SessionState {
         match self
             .sessions
             .resolve(view.cookies(&self.cookie_name), now)
@@ -196,7 +193,7 @@ impl LoginEndpoints {
 
     /// `/oauth2/start` at `now`: stores a login attempt and sends the browser to the provider
     /// (302), or answers 503 when the provider or the store cannot be reached.
-    pub async fn start(&self, view: &View<'_>, query: &str, now: Now) -> Response<Body> {
+    pub(crate) async fn start(&self, view: &View<'_>, query: &str, now: Now) -> Response<Body> {
         let outcome = self.begin_login(view, query, now).await;
         self.respond(outcome, view)
     }
@@ -245,7 +242,7 @@ impl LoginEndpoints {
     /// `/oauth2/callback` at `now`: finishes the attempt the browser started and, when the
     /// provider and the email policy agree, creates a session (302 to the return URL);
     /// otherwise an error page, and no session.
-    pub async fn callback(&self, view: &View<'_>, query: &str, now: Now) -> Response<Body> {
+    pub(crate) async fn callback(&self, view: &View<'_>, query: &str, now: Now) -> Response<Body> {
         let outcome = self.finish_login(view, query, now).await;
         self.respond(outcome, view)
     }
@@ -425,7 +422,12 @@ impl LoginEndpoints {
     /// Ends the session: 302 to `rd` when allowed; otherwise the signed-out page, or, through
     /// `/auth` (which cannot show a 2xx page), a 302 to `public_url`. A store failure is a 503
     /// page. The session cookie is cleared in every case.
-    pub async fn sign_out(&self, view: &View<'_>, query: &str, via: SignOutVia) -> Response<Body> {
+    pub(crate) async fn sign_out(
+        &self,
+        view: &View<'_>,
+        query: &str,
+        via: SignOutVia,
+    ) -> Response<Body> {
         let result = self.sessions.revoke(view.cookies(&self.cookie_name)).await;
         if let Err(e) = &result {
             self.store_failed(StoreOp::Revoke, e);
@@ -466,7 +468,7 @@ impl LoginEndpoints {
     /// `/oauth2/userinfo` at `now`: the session's email as JSON (`{"email", "user"}`); 401
     /// without a session, 403 for an email the policy no longer allows, 503 when the store
     /// cannot say.
-    pub async fn userinfo(&self, view: &View<'_>, now: Now) -> Response<Body> {
+    pub(crate) async fn userinfo(&self, view: &View<'_>, now: Now) -> Response<Body> {
         match self.session(view, now).await {
             SessionState::Valid { email } if self.emails.allows_session(&email) => {
                 let body = serde_json::json!({ "email": &*email, "user": &*email }).to_string();
@@ -486,7 +488,7 @@ impl LoginEndpoints {
     }
 
     /// `/` at `now`: who is signed in, with a sign-out button, or a link to sign in.
-    pub async fn home(&self, view: &View<'_>, now: Now) -> Response<Body> {
+    pub(crate) async fn home(&self, view: &View<'_>, now: Now) -> Response<Body> {
         let start = self.endpoint(GatePage::Start.path());
         let out = self.endpoint(GatePage::SignOut.path());
         match self.session(view, now).await {
