@@ -26,7 +26,7 @@ PY
 # Debian packages: promtool/prometheus, amtool, redis-server. They never auto-start here (no
 # systemd); the tests start their own Prometheus and Redis on free loopback ports.
 apt_missing=()
-for p in prometheus prometheus-alertmanager redis-server; do
+for p in prometheus prometheus-alertmanager redis-server postgresql postgresql-client; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || apt_missing+=("$p")
 done
 if [ "${#apt_missing[@]}" -gt 0 ]; then

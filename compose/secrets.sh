@@ -45,6 +45,7 @@ secrets=(
   "redis_exporter_password:0:hex"             # Redis's start.sh (root)
   "redis_exporter_password_map:59000:map"     # redis_exporter (UID 59000), JSON built from the above
   "redis_authentik_password:1000:hex"         # Authentik (UID 1000)
+  "redis_backup_password:10050:hex"           # the backup service (UID 10050); Redis's start.sh as root
   "postgres_password:0:hex"                   # PostgreSQL's entrypoint (root)
   "postgres_exporter_password:70:hex"         # PostgreSQL init script and postgres-exporter (UID 70)
   "authentik_postgres_password:1000:hex"      # Authentik; its PostgreSQL reads it as root

@@ -25,6 +25,7 @@ admin="$(hash_of redis_admin_password)"
 gate="$(hash_of redis_gate_password)"
 exporter="$(hash_of redis_exporter_password)"
 authentik="$(hash_of redis_authentik_password)"
+backup="$(hash_of redis_backup_password)"
 
 umask 077
 mkdir -p "$(dirname "$out")"
@@ -33,7 +34,8 @@ grep -E '^[[:space:]]*user[[:space:]]' "$template" \
   | sed -e "s/@ADMIN_HASH@/$admin/" \
         -e "s/@GATE_HASH@/$gate/" \
         -e "s/@EXPORTER_HASH@/$exporter/" \
-        -e "s/@AUTHENTIK_HASH@/$authentik/" > "$out.tmp"
+        -e "s/@AUTHENTIK_HASH@/$authentik/" \
+        -e "s/@BACKUP_HASH@/$backup/" > "$out.tmp"
 if grep -q '@[A-Z_]*_HASH@' "$out.tmp"; then
   echo "redis start: $template has a placeholder this script does not fill" >&2
   exit 1

@@ -11,6 +11,14 @@
 //! images start and talk to each other inside Docker.
 //!
 //! Tools come from `compose/install-test-tools.sh`; a missing one fails with that script's name.
+//!
+//! `backup` runs the backup service's script against a real PostgreSQL and a real Redis holding
+//! sessions the gate wrote, and restores from what it saved.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backup;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -303,12 +311,13 @@ fn compose_v2_validates_the_project_with_and_without_the_authentik_profile() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(default.len(), 23, "without the profile: {default:?}");
+    assert_eq!(default.len(), 24, "without the profile: {default:?}");
     assert!(!default.contains("authentik-server"));
 }
 
-/// The architecture's monitoring matrix (26 services), jacker-gate in OAuth2-Proxy's row.
-const SERVICES: [&str; 26] = [
+/// The architecture's monitoring matrix (26 services), jacker-gate in OAuth2-Proxy's row, and the
+/// backup service.
+const SERVICES: [&str; 27] = [
     "traefik",
     "jacker-gate",
     "authentik-server",
@@ -335,10 +344,11 @@ const SERVICES: [&str; 26] = [
     "socket-proxy",
     "authentik-postgres",
     "alertmanager-secondary",
+    "backup",
 ];
 
 #[test]
-fn the_stack_has_the_26_services_of_the_monitoring_matrix() {
+fn the_stack_has_the_26_services_of_the_monitoring_matrix_and_the_backup_service() {
     let got: BTreeSet<&str> = services().keys().map(String::as_str).collect();
     let want: BTreeSet<&str> = SERVICES.into_iter().collect();
     assert_eq!(got, want);
@@ -352,6 +362,7 @@ fn the_stack_has_the_26_services_of_the_monitoring_matrix() {
         "auth",
         "monitoring",
         "apps",
+        "backup",
     ] {
         assert!(
             read(&compose_dir().join("docker-compose.yml")).contains(&format!("- {file}.yml")),
@@ -413,6 +424,8 @@ const MEMBERSHIP: &[(&str, &[&str])] = &[
     ("pushgateway", &["monitoring"]),
     ("vscode", &["traefik_proxy"]),
     ("alertmanager-secondary", &["monitoring"]),
+    // The architecture's `backup` network, and the data it saves: nothing else.
+    ("backup", &["backup", "database", "cache"]),
 ];
 
 /// Where the deployment departs from the matrix, and why. The matrix gives Prometheus only
@@ -1891,6 +1904,11 @@ fn redis_loads_the_acl_built_from_the_secrets_and_enforces_it() {
         "+OK"
     );
     assert_eq!(resp(&mut gate, &["GET", "jacker-gate:s:1"]), "v");
+    // The redis crate's `set_ex`, which the store calls, sends SETEX.
+    assert_eq!(
+        resp(&mut gate, &["SETEX", "jacker-gate:s:2", "60", "v"]),
+        "+OK"
+    );
     // The commands the gate's Redis store sends (src/session/redis.rs).
     assert_eq!(
         resp(
@@ -1918,6 +1936,25 @@ fn redis_loads_the_acl_built_from_the_secrets_and_enforces_it() {
     let mut exporter = session("redis-exporter", "redis_exporter_password");
     assert!(resp(&mut exporter, &["INFO", "server"]).contains("redis_version"));
     assert!(resp(&mut exporter, &["SET", "k", "v"]).starts_with("-NOPERM"));
+    // The backup user takes a snapshot (a replica's SYNC, as `redis-cli --rdb` sends it) and
+    // nothing else: no key, no channel, no administration.
+    let mut backup = session("backup", "redis_backup_password");
+    assert_eq!(resp(&mut backup, &["PING"]), "+PONG");
+    assert_eq!(resp(&mut backup, &["REPLCONF", "rdb-only", "1"]), "+OK");
+    for denied in [
+        &["GET", "jacker-gate:s:1"][..],
+        &["SET", "k", "v"],
+        &["KEYS", "*"],
+        &["FLUSHALL"],
+        &["CONFIG", "GET", "*"],
+        &["PUBLISH", "jacker-gate:revoked", "x"],
+        &["SUBSCRIBE", "jacker-gate:revoked"],
+    ] {
+        assert!(
+            resp(&mut backup, denied).starts_with("-NOPERM"),
+            "backup may not {denied:?}"
+        );
+    }
     let mut admin = session("default", "redis_admin_password");
     assert_eq!(resp(&mut admin, &["PING"]), "+PONG");
     let mut anonymous = BufReader::new(connect().unwrap());
