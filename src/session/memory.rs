@@ -140,17 +140,21 @@ impl SessionStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn pending() -> PendingLogin {
+        PendingLogin {
+            pkce_verifier: "v".into(),
+            nonce: "n".into(),
+            return_url: "https://example.com/".into(),
+            binding: "b".into(),
+        }
+    }
+
     /// A flood of login attempts past the cap never refuses a new attempt, and memory stays
     /// bounded.
     #[tokio::test]
     async fn a_full_login_cap_drops_a_batch_instead_of_refusing() {
         let store = MemoryStore::new();
-        let record = PendingLogin {
-            pkce_verifier: "v".into(),
-            nonce: "n".into(),
-            return_url: "https://example.com/".into(),
-            binding: "b".into(),
-        };
+        let record = pending();
         let ttl = Duration::from_secs(600);
         let now = Now::from_unix_secs(1_800_000_000);
         for i in 0..MAX_PENDING_LOGINS + 2 * EVICTION_BATCH {
@@ -174,12 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_login_cap_sweeps_expired_attempts_first() {
         let store = MemoryStore::new();
-        let record = PendingLogin {
-            pkce_verifier: "v".into(),
-            nonce: "n".into(),
-            return_url: "https://example.com/".into(),
-            binding: "b".into(),
-        };
+        let record = pending();
         let ttl = Duration::from_secs(600);
         let t0 = Now::from_unix_secs(1_800_000_000);
         for i in 0..MAX_PENDING_LOGINS {

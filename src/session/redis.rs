@@ -67,6 +67,29 @@ impl RedisStore {
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         Ok(Arc::new(Self { client, conn }))
     }
+
+    /// Writes `value` as JSON under `key`, expiring after `ttl` (at least 1 s: Redis takes
+    /// whole seconds, and 0 would be an error).
+    async fn put_json(
+        &self,
+        key: String,
+        value: &impl serde::Serialize,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(value).map_err(corrupt)?;
+        let mut c = self.conn.clone();
+        c.set_ex::<_, _, ()>(key, body, ttl.as_secs().max(1))
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// A stored JSON value, if there was one.
+fn from_json<T: serde::de::DeserializeOwned>(
+    raw: Option<Vec<u8>>,
+) -> Result<Option<T>, StoreError> {
+    raw.map(|b| serde_json::from_slice(&b).map_err(corrupt))
+        .transpose()
 }
 
 impl SessionStore for RedisStore {
@@ -77,12 +100,11 @@ impl SessionStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
-            let raw: Option<Vec<u8>> = c
+            let raw = c
                 .get(format!("{SESSION_PREFIX}{key}"))
                 .await
                 .map_err(unavailable)?;
-            raw.map(|b| serde_json::from_slice(&b).map_err(corrupt))
-                .transpose()
+            from_json(raw)
         })
     }
 
@@ -93,13 +115,7 @@ impl SessionStore for RedisStore {
         ttl: Duration,
         _now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let mut c = self.conn.clone();
-            let body = serde_json::to_vec(record).map_err(corrupt)?;
-            c.set_ex::<_, _, ()>(format!("{SESSION_PREFIX}{key}"), body, ttl.as_secs().max(1))
-                .await
-                .map_err(unavailable)
-        })
+        Box::pin(self.put_json(format!("{SESSION_PREFIX}{key}"), record, ttl))
     }
 
     fn revoke_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -121,13 +137,7 @@ impl SessionStore for RedisStore {
         ttl: Duration,
         _now: Now,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let mut c = self.conn.clone();
-            let body = serde_json::to_vec(record).map_err(corrupt)?;
-            c.set_ex::<_, _, ()>(format!("{LOGIN_PREFIX}{state}"), body, ttl.as_secs().max(1))
-                .await
-                .map_err(unavailable)
-        })
+        Box::pin(self.put_json(format!("{LOGIN_PREFIX}{state}"), record, ttl))
     }
 
     fn take_pending_login<'a>(
@@ -137,12 +147,11 @@ impl SessionStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<PendingLogin>, StoreError>> {
         Box::pin(async move {
             let mut c = self.conn.clone();
-            let raw: Option<Vec<u8>> = c
+            let raw = c
                 .get_del(format!("{LOGIN_PREFIX}{state}"))
                 .await
                 .map_err(unavailable)?;
-            raw.map(|b| serde_json::from_slice(&b).map_err(corrupt))
-                .transpose()
+            from_json(raw)
         })
     }
 

@@ -593,7 +593,7 @@ level = "{level}"
 }
 
 /// The status `/auth` gives a request that Traefik forwards for `client_ip`.
-async fn auth_status(gate: &Gate, client_ip: &str) -> u16 {
+pub(super) async fn auth_status(gate: &Gate, client_ip: &str) -> u16 {
     let (status, _, _) = gate
         .get(
             "/auth",
@@ -622,7 +622,7 @@ async fn mismatches(gate: &Gate, ips: &[&str], want: u16) -> Vec<(String, u16)> 
 }
 
 /// Asserts now that every address gets `want`.
-async fn expect_verdicts(gate: &Gate, ips: &[&str], want: u16, when: &str) {
+pub(super) async fn expect_verdicts(gate: &Gate, ips: &[&str], want: u16, when: &str) {
     let wrong = mismatches(gate, ips, want).await;
     assert!(
         wrong.is_empty(),
@@ -632,7 +632,7 @@ async fn expect_verdicts(gate: &Gate, ips: &[&str], want: u16, when: &str) {
 }
 
 /// Waits (up to `SYNC_DEADLINE`) until every address gets `want`.
-async fn wait_verdicts(gate: &Gate, ips: &[&str], want: u16, after: &str) {
+pub(super) async fn wait_verdicts(gate: &Gate, ips: &[&str], want: u16, after: &str) {
     eventually(
         SYNC_DEADLINE,
         &format!("{want} for {ips:?} after {after}"),

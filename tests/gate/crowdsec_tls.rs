@@ -35,6 +35,7 @@ use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
+use super::crowdsec::{auth_status, expect_verdicts, wait_verdicts};
 use crate::support::crowdsec::pki::{error_chain, https_client, CertPair, TestCa};
 use crate::support::crowdsec::{ClientCerts, Lapi, LapiTls};
 use crate::support::gate::Gate;
@@ -444,59 +445,6 @@ async fn wait_lapi_log(lapi: &Lapi, needle: &str) {
                 Ok(())
             } else {
                 Err(log)
-            }
-        },
-    )
-    .await;
-}
-
-/// The status `/auth` gives a request that Traefik forwards for `client_ip`.
-async fn auth_status(gate: &Gate, client_ip: &str) -> u16 {
-    let (status, _, _) = gate
-        .get(
-            "/auth",
-            &[
-                ("X-Forwarded-Method", "GET"),
-                ("X-Forwarded-Proto", "https"),
-                ("X-Forwarded-Host", "app.example.test"),
-                ("X-Forwarded-Uri", "/"),
-                ("X-Forwarded-For", client_ip),
-            ],
-        )
-        .await;
-    status
-}
-
-async fn mismatches(gate: &Gate, ips: &[&str], want: u16) -> Vec<(String, u16)> {
-    let mut wrong = Vec::new();
-    for ip in ips {
-        let status = auth_status(gate, ip).await;
-        if status != want {
-            wrong.push(((*ip).to_owned(), status));
-        }
-    }
-    wrong
-}
-
-async fn expect_verdicts(gate: &Gate, ips: &[&str], want: u16, when: &str) {
-    let wrong = mismatches(gate, ips, want).await;
-    assert!(
-        wrong.is_empty(),
-        "{when}: expected {want}, got {wrong:?}\ngate logs:\n{}",
-        gate.logs()
-    );
-}
-
-async fn wait_verdicts(gate: &Gate, ips: &[&str], want: u16, after: &str) {
-    eventually(
-        SYNC_DEADLINE,
-        &format!("{want} for {ips:?} after {after}"),
-        async || {
-            let wrong = mismatches(gate, ips, want).await;
-            if wrong.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{wrong:?}\ngate logs:\n{}", gate.logs()))
             }
         },
     )
