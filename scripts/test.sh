@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/install-common.sh
 . scripts/install-common.sh
 jg_apt_install iproute2 # ss, for the listener check below
+command -v python3 >/dev/null 2>&1 || jg_apt_install python3 # the load benchmark's smoke
 
 # Every process this command starts carries this mark in its environment.
 JACKER_GATE_TEST_RUN="$$-$(date +%s%N)"
