@@ -32,8 +32,9 @@ jg_apt_install() {
   [ "${#missing[@]}" -gt 0 ] || return 0
   echo "installing Debian packages: ${missing[*]}" >&2
 
-  local before policy=/usr/sbin/policy-rc.d saved rc=0
+  local before policy=/usr/sbin/policy-rc.d saved rc=0 prev_trap
   before="$(jg_installed_debs)"
+  prev_trap="$(trap -p EXIT)"
   saved="$(mktemp)"
   if [ -e "$policy" ]; then cp -p "$policy" "$saved"; else rm -f "$saved"; fi
   # shellcheck disable=SC2064 # expand now: the paths are local
@@ -49,7 +50,7 @@ jg_apt_install() {
   [ "$rc" -ne 0 ] || apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
 
   jg_restore_policy "$policy" "$saved"
-  trap - EXIT
+  eval "${prev_trap:-trap - EXIT}"
   [ "$rc" -eq 0 ] || return "$rc"
 
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
