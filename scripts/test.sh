@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 jg_apt_install iproute2 # ss, for the listener check below
 command -v python3 >/dev/null 2>&1 || jg_apt_install python3 # the load benchmark's smoke
 
-# Every process this command starts carries this mark in its environment.
-JACKER_GATE_TEST_RUN="$$-$(date +%s%N)"
-export JACKER_GATE_TEST_RUN
+# Every process this command starts carries this mark in its environment (not named
+# JACKER_GATE_*: the gate would read it as a config key).
+JG_TEST_RUN="$$-$(date +%s%N)"
+export JG_TEST_RUN
 
 # "ADDRESS PID" for every TCP listener on a loopback or wildcard address.
 listeners() {
@@ -24,7 +25,7 @@ listeners() {
 }
 # Started by this command: it carries the mark, or (systemd) a service unit started meanwhile.
 started_here() {
-  tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qx "JACKER_GATE_TEST_RUN=$JACKER_GATE_TEST_RUN" ||
+  tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qx "JG_TEST_RUN=$JG_TEST_RUN" ||
     { [ -d /run/systemd/system ] && grep -q 'system\.slice/.*\.service' "/proc/$1/cgroup" 2>/dev/null; }
 }
 leftovers() {
