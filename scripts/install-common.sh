@@ -2,7 +2,7 @@
 # tests/support/install-login-peers.sh and compose/install-test-tools.sh. Defines functions only.
 #
 # Everything that does not come from Debian goes under $JG_CACHE, and the tools the tests look
-# up by a fixed path are linked into $JG_CACHE/bin (tests/compose.rs, tests/support/login.rs).
+# up by a fixed path are linked into $JG_CACHE/bin (tests/compose/, tests/support/login.rs).
 # shellcheck shell=bash
 
 JG_CACHE="${HOME:-/root}/.cache/jacker-gate"

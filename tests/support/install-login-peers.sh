@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real peers of the login tests (tests/login.rs, tests/proxies.rs, tests/browser.rs):
+# Installs the real peers of the login tests (tests/login/: login, proxies, browser):
 # Debian's chromium, caddy, nginx and redis-server, a Node.js 20 or later, and the npm packages of
 # tests/support/oidc (oidc-provider, the stand-in for Google) and tests/support/browser
 # (playwright-core, driving Debian's chromium; it never downloads a browser).
