@@ -137,14 +137,21 @@ async fn lapi_harness_restarts_with_its_data_and_pauses() {
     assert_eq!(startup["new"][0]["value"], "192.0.2.1", "{startup}");
 
     lapi.pause();
-    let hung = client
+    // A new connection, as the gate's client makes after an idle one closed: the kernel
+    // accepts it and nothing answers. (A pooled connection the LAPI had already closed would
+    // fail at once instead, which says nothing about the pause.)
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let hung = fresh
         .get(format!("{}/health", lapi.url()))
         .timeout(Duration::from_millis(500))
         .send()
         .await;
     assert!(
-        hung.is_err_and(|e| e.is_timeout()),
-        "a paused LAPI answered"
+        hung.as_ref().is_err_and(|e| e.is_timeout()),
+        "a paused LAPI did not hang: {hung:?}"
     );
     lapi.resume();
     let (status, _) = lapi_get(&client, &lapi, &key, "/health").await;
