@@ -384,10 +384,21 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     let redis_url = s.get("redis_url", cx, |v, e| {
         let t = read::string(v, e)?;
         let u = Url::parse(&t).map_err(|e| format!("invalid URL: {e}"))?;
-        if !matches!(u.scheme(), "redis" | "rediss") {
-            return Err("must be a redis:// or rediss:// URL".to_owned());
+        match u.scheme() {
+            "redis" => {}
+            "rediss" => {
+                return Err(
+                    "rediss:// (TLS to Redis) is not supported: reach Redis over a \
+                            private network with redis://"
+                        .to_owned(),
+                )
+            }
+            _ => return Err("must be a redis:// URL".to_owned()),
         }
-        if u.password().is_some() {
+        let password_in_query = u
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass"));
+        if u.password().is_some() || password_in_query {
             return Err("must not hold a password; use session.redis_password_file".to_owned());
         }
         redis::IntoConnectionInfo::into_connection_info(t.as_str())

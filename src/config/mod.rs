@@ -552,10 +552,17 @@ pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError
     let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
-            // A syntax error leaves nothing to validate; report it alone, with its position.
+            // A syntax error leaves nothing to validate; report it alone, with its position but
+            // without the line itself, which may hold a credential written by mistake.
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
             return Err(ConfigErrors(vec![ConfigError {
                 key: "config".to_owned(),
-                message: format!("invalid TOML: {}", e.to_string().trim_end()),
+                message: format!("invalid TOML{at}: {}", e.message().trim_end()),
             }]));
         }
     };

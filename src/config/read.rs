@@ -279,8 +279,9 @@ pub(super) fn redirect_domains(v: &Value, env: bool) -> Result<Vec<RedirectDomai
 /// An `http` or `https` URL with a host and no user info, query or fragment.
 pub(super) fn web_url(v: &Value, env: bool) -> Result<Url, String> {
     let s = string(v, env)?;
-    // The value may hold credentials by mistake: never echo it once it has an `@`.
-    let shown = if s.contains('@') {
+    // The value may hold credentials by mistake (user info, or a key in the query): never
+    // echo it once it has an `@`, a `?` or a `#`.
+    let shown = if s.contains(['@', '?', '#']) {
         "(value hidden)".to_owned()
     } else {
         format!("{s:?}")

@@ -187,7 +187,30 @@ fn worker_threads_is_one_by_default_and_bounded() {
 
 #[test]
 fn syntax_errors_are_reported() {
-    assert_has(&errors("[server\nlisten=1", &[]), "invalid TOML");
+    assert_has(&errors("[server\nlisten=1", &[]), "invalid TOML at line 1");
+    // The position, never the line itself: it may hold a credential written by mistake.
+    let errs = errors(
+        "[session]\nstore = \"redis\"\nredis_url = \"redis://:hunter2@127.0.0.1:6379\n",
+        &[],
+    );
+    assert_has(&errs, "invalid TOML at line 3");
+    assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+    // Nor do value errors echo a URL whose query may carry a key.
+    let errs = errors(
+        "[crowdsec]\nlapi_url = \"http://lapi/?api_key=s3cr3t\"\n",
+        &[],
+    );
+    assert_has(&errs, "crowdsec.lapi_url: must not carry a query");
+    assert!(!errs.iter().any(|e| e.contains("s3cr3t")), "{errs:?}");
+    for url in [
+        "redis://gate@redis:6379/0?password=s3cr3t",
+        "rediss://gate@redis:6379/0",
+    ] {
+        let text = format!("[session]\nstore = \"redis\"\nredis_url = \"{url}\"\n");
+        let errs = errors(&text, &[]);
+        assert_has(&errs, "session.redis_url");
+        assert!(!errs.iter().any(|e| e.contains("s3cr3t")), "{errs:?}");
+    }
 }
 
 #[test]
