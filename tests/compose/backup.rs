@@ -826,6 +826,94 @@ fn retention_keeps_the_last_n_and_one_a_day_and_the_healthcheck_follows_the_sche
     assert_eq!(names(&dir), want, "a refused prune deletes nothing");
 }
 
+/// A backup folder is only regular files, each listed in its manifest inside the folder: a link
+/// to a file elsewhere, or a manifest naming `../`, fails `verify` (so `restore` never reads
+/// outside the backup). A folder without a manifest (one still being copied in) is not a backup,
+/// and never stops `list`, the retention or the healthcheck.
+#[test]
+fn verify_refuses_links_and_paths_outside_and_half_copied_folders_are_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("backups");
+    let now: u64 = 1_794_268_800;
+    let name = format!("{now}T000000Z");
+    let folder = dir.join(&name);
+    std::fs::create_dir_all(folder.join("files")).unwrap();
+    // A real archive, so that the trial step has something to read.
+    let src = tmp.path().join("grafana");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("grafana.db"), "rows").unwrap();
+    let archive = folder.join("files/grafana.tar.gz");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let manifest = |extra: &str| {
+        let bytes = std::fs::read(&archive).unwrap();
+        let sum = Command::new("sha256sum").arg(&archive).output().unwrap();
+        let sum = String::from_utf8_lossy(&sum.stdout);
+        let sum = sum.split_whitespace().next().unwrap().to_owned();
+        let text = format!(
+            "# jacker backup\n# created {now}\n{sum} {} files/grafana.tar.gz\n{extra}",
+            bytes.len()
+        );
+        std::fs::write(folder.join("MANIFEST"), text).unwrap();
+    };
+    let env = vec![
+        ("BACKUP_DIR".to_owned(), dir.display().to_string()),
+        ("BACKUP_NOW".to_owned(), now.to_string()),
+    ];
+    manifest("");
+    let out = backup_sh(&env, &["verify", &name]);
+    assert!(out.status.success(), "a good folder: {}", said(&out));
+
+    // A link the manifest does not list, pointing outside.
+    let outside = tmp.path().join("evil.tar.gz");
+    std::fs::copy(&archive, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("files/traefik-acme.tar.gz")).unwrap();
+    let out = backup_sh(&env, &["verify", &name]);
+    assert!(!out.status.success(), "a link passed: {}", said(&out));
+    assert!(said(&out).contains("not a regular file"), "{}", said(&out));
+    assert!(said(&out).contains("CORRUPT"), "{}", said(&out));
+    std::fs::remove_file(folder.join("files/traefik-acme.tar.gz")).unwrap();
+
+    // A manifest naming a file outside the folder, with the right checksum.
+    let sum = Command::new("sha256sum").arg(&outside).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    let size = std::fs::metadata(&outside).unwrap().len();
+    manifest(&format!("{sum} {size} ../../evil.tar.gz\n"));
+    let out = backup_sh(&env, &["verify", &name]);
+    assert!(
+        !out.status.success(),
+        "a path outside passed: {}",
+        said(&out)
+    );
+    assert!(
+        said(&out).contains("outside the backup folder"),
+        "{}",
+        said(&out)
+    );
+    manifest("");
+
+    // A folder being copied in: no manifest yet, and a name with a space and a `;`.
+    std::fs::create_dir_all(dir.join(format!("{}T000000Z x;id", now + 1))).unwrap();
+    for args in [&["list"][..], &["health"], &["prune"]] {
+        let out = backup_sh(&env, args);
+        assert!(out.status.success(), "{args:?}: {}", said(&out));
+    }
+    let out = backup_sh(&env, &["list"]);
+    assert!(said(&out).contains(&name), "{}", said(&out));
+    assert!(
+        dir.join(format!("{}T000000Z x;id", now + 1)).is_dir(),
+        "a folder without a manifest is not pruned"
+    );
+}
+
 /// The container drops root at start and keeps one capability, reading what it does not own: with
 /// the capabilities backup.yml grants, under no-new-privileges, the script reads a root-only
 /// acme.json and writes its backup as its own user. (Run as root; the tests run as root in CI.)

@@ -94,10 +94,15 @@ check_settings() {
 
 # The complete backups (a backup in progress is FOLDER.partial), oldest first: names are UTC
 # timestamps, so name order is time order.
+# A folder without a MANIFEST (one being copied in, or renamed by hand) is not a backup: it is
+# left alone, so that it never stops the list, the retention or the healthcheck.
 backups() {
   [ -d "$BACKUP_DIR" ] || return 0
+  local d
   find "$BACKUP_DIR" -mindepth 1 -maxdepth 1 -type d -name '[0-9]*T[0-9]*Z*' ! -name '*.partial' \
-    -printf '%f\n' | sort
+    -printf '%f\n' | sort | while IFS= read -r d; do
+    if [ -f "$BACKUP_DIR/$d/MANIFEST" ]; then printf '%s\n' "$d"; fi
+  done
 }
 
 folder_path() { # folder_path NAME-OR-PATH: the backup folder, which must exist
@@ -281,10 +286,10 @@ do_prune() {
 do_list() {
   local name created t
   t="$(now)"
-  for name in $(backups); do
+  while IFS= read -r name; do
     created="$(created_of "$BACKUP_DIR/$name")"
     printf '%s  %s  age %ss\n' "$name" "$(du -sh "$BACKUP_DIR/$name" | cut -f 1)" "$((t - ${created:-0}))"
-  done
+  done < <(backups)
 }
 
 do_health() {
@@ -305,12 +310,23 @@ do_health() {
 
 # Every file of the manifest present with its size and checksum, and no file it does not list.
 check_sums() { # check_sums DIR
-  local dir="$1" sum size path bad=0 actual listed
+  local dir="$1" sum size path bad=0 actual listed odd
   listed="$(grep -v '^#' "$dir/MANIFEST" | awk '{print $3}' | sort)"
   [ -n "$listed" ] || { log "verify: $dir/MANIFEST lists no file"; return 1; }
+  # Only regular files and directories, nothing that points elsewhere: restore reads files by
+  # name, and a link would make it read (and verify would checksum) a file outside the backup.
+  odd="$(cd "$dir" && find . -mindepth 1 ! -type f ! -type d -printf '%P\n')"
+  if [ -n "$odd" ]; then
+    log "verify: not a regular file (a link, a pipe or a device): $(echo "$odd" | tr '\n' ' ')"
+    bad=1
+  fi
   while read -r sum size path; do
     [ -n "$sum" ] || continue
-    if [ ! -f "$dir/$path" ]; then
+    case "$path" in
+      /* | .. | ../* | */.. | */../*)
+        log "verify: the manifest names $path, outside the backup folder"; bad=1; continue ;;
+    esac
+    if [ ! -f "$dir/$path" ] || [ -L "$dir/$path" ]; then
       log "verify: $path is missing"; bad=1; continue
     fi
     actual="$(stat -c %s "$dir/$path")"
