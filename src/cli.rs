@@ -154,6 +154,10 @@ fn healthcheck(url: Option<String>, flag: Option<PathBuf>, env: &[(String, Strin
             Err(code) => return code,
         },
     };
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        eprintln!("unhealthy: --url {base:?} must start with http:// or https://");
+        return ExitCode::FAILURE;
+    }
     let target = format!("{}/healthz", base.trim_end_matches('/'));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -251,24 +251,12 @@ struct AuthKeys {
     allowed_domains: Vec<crate::domain::DomainName>,
     allowed_emails: Vec<String>,
     redirect_domains: Vec<crate::domain::RedirectDomain>,
-    /// Keys written other than `provider`, to name them when no provider turns login on.
+    /// Keys set (other than `provider`), to name them when no provider turns login on.
     written: Vec<String>,
 }
 
 impl AuthKeys {
     fn read(mut s: Section, cx: &mut Cx<'_>) -> Self {
-        let written = [
-            "issuer_url",
-            "client_id",
-            "client_secret_file",
-            "allowed_domains",
-            "allowed_emails",
-            "redirect_domains",
-        ]
-        .into_iter()
-        .filter(|k| s.has(k))
-        .map(|k| s.key(k))
-        .collect();
         let secret_given = s.has("client_secret_file");
         let keys = Self {
             provider: s.get("provider", cx, read::choice),
@@ -296,9 +284,24 @@ impl AuthKeys {
             redirect_domains: s
                 .get("redirect_domains", cx, read::redirect_domains)
                 .unwrap_or_default(),
-            written,
+            written: Vec::new(),
         };
         s.finish(cx);
+        // The keys set to something other than their default, to name them when no provider
+        // turns login on (an empty list changes nothing either way).
+        let mut keys = keys;
+        for (key, set) in [
+            ("issuer_url", keys.issuer_url.is_some()),
+            ("client_id", keys.client_id.is_some()),
+            ("client_secret_file", keys.secret_given),
+            ("allowed_domains", !keys.allowed_domains.is_empty()),
+            ("allowed_emails", !keys.allowed_emails.is_empty()),
+            ("redirect_domains", !keys.redirect_domains.is_empty()),
+        ] {
+            if set {
+                keys.written.push(format!("auth.{key}"));
+            }
+        }
         keys
     }
 
@@ -361,6 +364,20 @@ impl AuthKeys {
         if cx.count() != errors_before {
             return None;
         }
+        // The effective value, so that `check-config` prints where return URLs may lead: the
+        // cookie domains unless the config names others.
+        let redirect_domains = if self.redirect_domains.is_empty() {
+            c.session
+                .cookie_domains
+                .iter()
+                .map(|d| crate::domain::RedirectDomain {
+                    domain: d.clone(),
+                    port: None,
+                })
+                .collect()
+        } else {
+            self.redirect_domains
+        };
         Some(Auth {
             provider,
             issuer_url: issuer_url?,
@@ -368,7 +385,7 @@ impl AuthKeys {
             client_secret: self.client_secret?,
             allowed_domains: self.allowed_domains,
             allowed_emails: self.allowed_emails,
-            redirect_domains: self.redirect_domains,
+            redirect_domains,
             public_url: public_url?,
             cookie_secret: c.session.cookie_secret.clone()?,
         })
@@ -429,6 +446,9 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     s.set("cookie_secure", cx, &mut se.cookie_secure, read::boolean);
     s.set("lifetime", cx, &mut se.lifetime, read::duration);
     s.set("cache_ttl", cx, &mut se.cache_ttl, read::duration);
+    if se.lifetime.is_zero() {
+        cx.err("session.lifetime", "must be more than 0s");
+    }
     s.finish(cx);
     match (kind, redis_url) {
         (Some(StoreKind::Redis), Some(url)) => {

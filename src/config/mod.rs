@@ -198,8 +198,8 @@ pub struct Auth {
     pub allowed_domains: Vec<DomainName>,
     /// Single addresses allowed whatever their domain, lower case.
     pub allowed_emails: Vec<String>,
-    /// Where return URLs may lead, as configured; empty: the cookie domains (see
-    /// [`Config::redirect_domains`]).
+    /// Where return URLs may lead: as configured, or the cookie domains when the config names
+    /// none (the public URL's host is added by [`Config::redirect_domains`]).
     pub redirect_domains: Vec<RedirectDomain>,
     /// `server.public_url`, required for a login.
     pub public_url: Url,
@@ -444,24 +444,13 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Where return URLs may lead: `auth.redirect_domains`, else the cookie domains; and the
-    /// public URL's own host (and port) always. Empty when login is off.
+    /// Where return URLs may lead: `auth.redirect_domains` (the cookie domains unless the config
+    /// names others), and the public URL's own host (and port) always. Empty when login is off.
     pub fn redirect_domains(&self) -> Vec<RedirectDomain> {
         let Some(auth) = &self.auth else {
             return Vec::new();
         };
-        let mut out = if auth.redirect_domains.is_empty() {
-            self.session
-                .cookie_domains
-                .iter()
-                .map(|d| RedirectDomain {
-                    domain: d.clone(),
-                    port: None,
-                })
-                .collect()
-        } else {
-            auth.redirect_domains.clone()
-        };
+        let mut out = auth.redirect_domains.clone();
         if let Some(host) = auth.public_url.host_str() {
             // The loader checked that the public URL's host is a host name or an address,
             // both of which parse as an exact entry.

@@ -263,7 +263,12 @@ pub(super) fn domain_names(v: &Value, env: bool) -> Result<Vec<DomainName>, Stri
 }
 
 pub(super) fn domain_suffixes(v: &Value, env: bool) -> Result<Vec<DomainSuffix>, String> {
-    list_of(v, env, "not a domain name", DomainSuffix::parse)
+    list_of(
+        v,
+        env,
+        "not a domain name (`.example.com` for a domain and its subdomains)",
+        DomainSuffix::parse,
+    )
 }
 
 /// `redirect_domains` entries may name a port (`example.com:8443`); other domain lists may not.
@@ -271,7 +276,8 @@ pub(super) fn redirect_domains(v: &Value, env: bool) -> Result<Vec<RedirectDomai
     list_of(
         v,
         env,
-        "not a domain name (with an optional :port)",
+        "not a domain name with an optional :port (`.example.com` for a domain and its \
+         subdomains; a host, not a URL)",
         RedirectDomain::parse,
     )
 }

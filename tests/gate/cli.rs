@@ -268,6 +268,15 @@ async fn healthcheck_exit_codes() {
         .unwrap();
     assert_eq!(dead.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&dead.stderr).contains("unhealthy"));
+    // A URL without its scheme says what is missing.
+    let bare = gate.url().replacen("http://", "", 1);
+    let out = gate_cmd()
+        .args(["healthcheck", "--url", &bare])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must start with http:// or https://"), "{err}");
 }
 
 #[test]
