@@ -14,4 +14,5 @@ mod browser;
 mod faults;
 mod login;
 mod proxies;
+mod replicas;
 mod traefik;

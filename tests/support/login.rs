@@ -49,7 +49,7 @@ pub(crate) fn require_node_package(dir: &Path, package: &str) {
 #[derive(Clone, Debug)]
 pub(crate) enum Store {
     Memory,
-    /// A `redis://` URL.
+    /// A `redis://`, `redis+sentinel://` or `redis+cluster://` URL.
     Redis(String),
 }
 
@@ -75,6 +75,7 @@ pub(crate) struct LoginGate {
     rate_limit: Option<(u32, u32)>,
     log_to: Option<PathBuf>,
     extra: String,
+    redis_password: Option<String>,
 }
 
 impl LoginGate {
@@ -100,6 +101,7 @@ impl LoginGate {
             rate_limit: None,
             log_to: None,
             extra: String::new(),
+            redis_password: None,
         }
     }
 
@@ -180,6 +182,12 @@ impl LoginGate {
         self
     }
 
+    /// The password the gate gives Redis, read from a secret file (`session.redis_password_file`).
+    pub(crate) fn redis_password(mut self, password: &str) -> LoginGate {
+        self.redis_password = Some(password.to_owned());
+        self
+    }
+
     /// The gate's config, with `client_secret_file` and `cookie_secret_file` under `dir`.
     pub(crate) fn toml(&self, dir: &Path) -> String {
         let list = |items: &[String]| {
@@ -190,6 +198,10 @@ impl LoginGate {
             Store::Memory => "store = \"memory\"\n".to_owned(),
             Store::Redis(url) => format!("store = \"redis\"\nredis_url = {url:?}\n"),
         };
+        if self.redis_password.is_some() {
+            let file = dir.join("redis_password").display().to_string();
+            session.push_str(&format!("redis_password_file = {file:?}\n"));
+        }
         if let Some(ttl) = &self.cache_ttl {
             session.push_str(&format!("cache_ttl = {ttl:?}\n"));
         }
@@ -245,6 +257,9 @@ cookie_domains = {cookie_domains}
         }
         setup.write_secret("client_secret", &self.client_secret);
         setup.write_secret("cookie_secret", COOKIE_SECRET);
+        if let Some(password) = &self.redis_password {
+            setup.write_secret("redis_password", password);
+        }
         let toml = self.toml(setup.dir());
         // The gate is ready only once it serves on this port (see `Gate`), not on a port taken
         // by another process.

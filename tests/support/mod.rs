@@ -19,6 +19,7 @@ pub(crate) mod oidc;
 pub(crate) mod peer;
 pub(crate) mod proxy;
 pub(crate) mod redis;
+pub(crate) mod redis_ha;
 pub(crate) mod traefik;
 pub(crate) mod upstream;
 pub(crate) mod web;

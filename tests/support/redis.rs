@@ -160,7 +160,7 @@ impl Redis {
 
 /// `AUTH` (when a password is set), `PING` and `INFO server` over RESP; once the server answers
 /// `+PONG`, returns its `process_id`.
-fn ping(addr: SocketAddr, password: Option<&str>) -> std::io::Result<u32> {
+pub(crate) fn ping(addr: SocketAddr, password: Option<&str>) -> std::io::Result<u32> {
     let timeout = Duration::from_secs(1);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
