@@ -85,7 +85,10 @@ async fn build_login(
         Store::Memory => MemoryStore::new(),
         Store::Redis(redis) => {
             let password = redis.password.as_ref().map(|f| f.expose());
-            RedisStore::connect(&redis.url, password, STORE_TIMEOUT)
+            let crate::config::RedisTarget::Single(url) = &redis.target else {
+                anyhow::bail!("session.redis_url: Sentinel and Cluster are not supported yet");
+            };
+            RedisStore::connect(url, password, STORE_TIMEOUT)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
         }

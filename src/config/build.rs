@@ -11,8 +11,8 @@ use url::Url;
 
 use super::read::{self, Cx, Section};
 use super::{
-    Auth, Config, CookieSecret, Lapi, Provider, RedisServer, SecretFile, Store, StoreKind,
-    TlsFiles, GOOGLE_ISSUER_URL,
+    Auth, Config, CookieSecret, Lapi, Provider, RedisServer, RedisTarget, SecretFile, Store,
+    StoreKind, TlsFiles, GOOGLE_ISSUER_URL,
 };
 use crate::rules::{HostPattern, PathPrefix, Policy, Rule};
 
@@ -399,28 +399,7 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     let kind = s.get("store", cx, read::choice::<StoreKind>);
     let url_given = s.has("redis_url");
     let redis_url = s.get("redis_url", cx, |v, e| {
-        let t = read::string(v, e)?;
-        let u = Url::parse(&t).map_err(|e| format!("invalid URL: {e}"))?;
-        match u.scheme() {
-            "redis" => {}
-            "rediss" => {
-                return Err(
-                    "rediss:// (TLS to Redis) is not supported: reach Redis over a \
-                            private network with redis://"
-                        .to_owned(),
-                )
-            }
-            _ => return Err("must be a redis:// URL".to_owned()),
-        }
-        let password_in_query = u
-            .query_pairs()
-            .any(|(k, _)| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass"));
-        if u.password().is_some() || password_in_query {
-            return Err("must not hold a password; use session.redis_password_file".to_owned());
-        }
-        redis::IntoConnectionInfo::into_connection_info(t.as_str())
-            .map_err(|e| format!("not a Redis URL: {e}"))?;
-        Ok(t)
+        RedisTarget::parse(&read::string(v, e)?)
     });
     let password = s.get("redis_password_file", cx, read::secret);
     s.set("cookie_name", cx, &mut se.cookie_name, |v, e| {
@@ -452,7 +431,10 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     s.finish(cx);
     match (kind, redis_url) {
         (Some(StoreKind::Redis), Some(url)) => {
-            se.store = Store::Redis(RedisServer { url, password });
+            se.store = Store::Redis(RedisServer {
+                target: url,
+                password,
+            });
         }
         (Some(StoreKind::Redis), None) if !url_given => cx.err(
             "session.redis_url",

@@ -17,6 +17,7 @@ mod build;
 mod env;
 mod print;
 mod read;
+mod redis_url;
 mod warnings;
 
 use std::fmt;
@@ -35,6 +36,7 @@ use crate::domain::{DomainName, DomainSuffix, RedirectDomain};
 pub use crate::ratelimit::{RateKeyKind, RateLimit};
 use crate::rules::Rule;
 pub use crate::tls::TlsFiles;
+pub use redis_url::{HostPort, RedisTarget};
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "JACKER_GATE_CONFIG";
@@ -219,8 +221,8 @@ pub enum Store {
 /// A Redis to connect to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisServer {
-    /// `redis://[user@]host:port/db` or `rediss://…`; never a password.
-    pub url: String,
+    /// One Redis, a Sentinel set or a Cluster; never a password.
+    pub target: RedisTarget,
     /// The password, from a secret file.
     pub password: Option<SecretFile>,
 }

@@ -117,7 +117,7 @@ impl Config {
         };
         let session = T::default()
             .name("store", kind)
-            .opt("redis_url", redis.map(|r| &r.url))
+            .opt("redis_url", redis.map(|r| &r.target))
             .path(
                 "redis_password_file",
                 redis

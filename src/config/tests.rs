@@ -325,16 +325,6 @@ fn cookie_secrets() {
 }
 
 #[test]
-fn redis_url_must_not_carry_a_password() {
-    let errs = errors(
-        "[session]\nstore = \"redis\"\nredis_url = \"redis://gate:hunter2@redis:6379/0\"\n",
-        &[],
-    );
-    assert_has(&errs, "session.redis_url: must not hold a password");
-    assert!(!errs.iter().any(|e| e.contains("hunter2")));
-}
-
-#[test]
 fn locate_follows_flag_then_env() {
     let e = env(&[("JACKER_GATE_CONFIG", "/etc/gate.toml")]);
     assert_eq!(locate(None, &e), Origin::File("/etc/gate.toml".into()));
@@ -534,4 +524,68 @@ fn keys_without_effect_are_warned_about() {
         ),
         "session.redis_url: invalid URL",
     );
+}
+
+#[test]
+fn redis_sentinel_and_cluster_urls() {
+    let load = |url: &str| format!("[session]\nstore = \"redis\"\nredis_url = \"{url}\"\n");
+    // Written as typed, printed in full (default ports, lower case); both load the same.
+    for (url, printed) in [
+        (
+            "redis+sentinel://u@s1:26379,S2,[::1]:7/m/3",
+            "u@s1:26379,s2:26379,[::1]:7/m/3",
+        ),
+        ("redis+sentinel://10.0.0.1/main/", "10.0.0.1:26379/main/0"),
+        ("redis+cluster://gate@a:7000,b", "gate@a:7000,b:6379"),
+    ] {
+        let c = parse(&load(url), &[]).unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        let Store::Redis(r) = &c.session.store else {
+            panic!("{url}")
+        };
+        assert!(r.target.to_string().ends_with(&format!("://{printed}")));
+        assert_eq!(parse(&c.to_toml(), &[]).unwrap(), c, "{url}");
+        if let RedisTarget::Sentinel {
+            sentinels,
+            service,
+            db,
+            ..
+        } = &r.target
+        {
+            let last = sentinels.last().map(|h| (h.host.as_str(), h.port));
+            let want = match url.contains("u@") {
+                true => (3, "m", 3, Some(("::1", 7))),
+                false => (1, "main", 0, Some(("10.0.0.1", 26379))),
+            };
+            assert_eq!((sentinels.len(), service.as_str(), *db, last), want);
+        }
+    }
+    // Every problem is listed under the one key; a password is never echoed.
+    for (url, problems) in [
+        (
+            "redis://gate:hunter2@redis:6379/0",
+            "must not hold a password",
+        ),
+        (
+            "redis+sentinel://gate:hunter2@s1/main",
+            "must not hold a password",
+        ),
+        (
+            "redis+sentinel://s1:0,s2:x,,[::1/",
+            "\"0\"|\"x\"|\"\" is not|\"[::1\" is|service name",
+        ),
+        ("redis+sentinel://s1/main/zero", "database \"zero\""),
+        ("redis+sentinel://s1/main/0/1", "more than service_name/db"),
+        ("redis+sentinel://s1/main?password=hunter2", "no query"),
+        (
+            "redis+cluster://a b:1,c/0",
+            "\"a b:1\" is not|takes no path",
+        ),
+        ("redis+cluster://@a", "user name"),
+        ("http://a", "redis+cluster://"),
+    ] {
+        let errs = errors(&load(url), &[]);
+        assert_eq!(errs.len(), 1, "{url}: {errs:#?}");
+        problems.split('|').for_each(|p| assert_has(&errs, p));
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
+    }
 }
