@@ -157,7 +157,7 @@ fn sessions(c: &mut Criterion) {
     let redis = RedisServer::start();
     let store = rt
         .block_on(RedisStore::connect(
-            &format!("redis://127.0.0.1:{}/0", redis.1),
+            &jacker_gate::config::RedisTarget::Single(format!("redis://127.0.0.1:{}/0", redis.1)),
             None,
             Duration::from_secs(1),
         ))

@@ -21,7 +21,8 @@ async fn main() {
     };
     let secret = std::fs::read_to_string(&secret_file).expect("read the cookie secret file");
     let key = decode_cookie_secret(&secret).expect("a valid cookie secret");
-    let store = RedisStore::connect(&url, None, Duration::from_secs(2))
+    let target = jacker_gate::config::RedisTarget::parse(&url).expect("a Redis URL");
+    let store = RedisStore::connect(&target, None, Duration::from_secs(2))
         .await
         .expect("connect to Redis");
     let sessions = Sessions::new(

@@ -85,10 +85,7 @@ async fn build_login(
         Store::Memory => MemoryStore::new(),
         Store::Redis(redis) => {
             let password = redis.password.as_ref().map(|f| f.expose());
-            let crate::config::RedisTarget::Single(url) = &redis.target else {
-                anyhow::bail!("session.redis_url: Sentinel and Cluster are not supported yet");
-            };
-            RedisStore::connect(url, password, STORE_TIMEOUT)
+            RedisStore::connect(&redis.target, password, STORE_TIMEOUT)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
         }

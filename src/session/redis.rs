@@ -1,32 +1,37 @@
-//! The Redis store: sessions shared by every replica, sign-out broadcast over pub/sub.
+//! The Redis store: sessions shared by every replica, sign-out broadcast over pub/sub; on one
+//! Redis, a Sentinel set or a Cluster (`redis_conn`).
 //!
 //! Invariants: every call is bounded by the connection and response timeouts (a hung Redis
-//! makes calls fail, never hang); the connection manager reconnects by itself; a login record
-//! is taken with `GETDEL`, so a `state` works once even across replicas; after a pub/sub
-//! reconnect every replica drops its whole session cache, since broadcasts may have been missed.
+//! makes calls fail, never hang); connections are made again by themselves; every command
+//! names one key (so each works unchanged on a Cluster, whatever slot the key is in); a login
+//! record is taken with `GETDEL`, so a `state` works once even across replicas; after a pub/sub
+//! reconnect, or a failover the pub/sub connection did not see, every replica drops its whole
+//! session cache, since broadcasts may have been missed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
 use tracing::{info, warn};
 
+use super::redis_conn::Conn;
 use super::{PendingLogin, SessionRecord, SessionStore, StoreError};
 use crate::clock::Now;
+use crate::config::RedisTarget;
 
 const SESSION_PREFIX: &str = "jacker-gate:session:";
 const LOGIN_PREFIX: &str = "jacker-gate:login:";
 /// The channel sign-outs are published on; the message is the session's store key.
 pub const REVOKE_CHANNEL: &str = "jacker-gate:revoked";
+/// How often a subscriber on a Sentinel master asks whether the master moved: sign-outs
+/// published on a new master reach a subscriber left on the old one only while it replicates.
+const MASTER_CHECK: Duration = Duration::from_secs(1);
 
 /// Sessions and pending logins in Redis, with Redis's own TTLs (whole seconds, at least 1); the
 /// `now` each call is given is not used, since Redis expires keys by its own clock.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -38,34 +43,21 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 }
 
 impl RedisStore {
-    /// A store on `url` (`redis://` or `rediss://`), with `password` when given; every call
-    /// and (re)connection is bounded by `timeout`. Connects lazily: the gate starts (and
-    /// answers 503 on login routes) while Redis is down.
+    /// A store on `target`, with `password` when given; every call and (re)connection is
+    /// bounded by `timeout`. Connects lazily: the gate starts (and answers 503 on login routes)
+    /// while Redis is down.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Unavailable`] when `url` does not parse as a Redis URL.
+    /// [`StoreError::Unavailable`] when redis-rs refuses the target.
     pub async fn connect(
-        url: &str,
+        target: &RedisTarget,
         password: Option<&str>,
         timeout: Duration,
     ) -> Result<Arc<Self>, StoreError> {
-        let mut info: redis::ConnectionInfo = url.parse().map_err(|e: redis::RedisError| {
-            StoreError::Unavailable(format!("bad redis_url: {e}"))
-        })?;
-        if let Some(pw) = password {
-            let settings = info.redis_settings().clone().set_password(pw);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
-        Ok(Arc::new(Self { client, conn }))
+        let conn = Conn::open(target, password, timeout)
+            .map_err(|e| StoreError::Unavailable(format!("bad redis_url: {e}")))?;
+        Ok(Arc::new(Self { conn }))
     }
 
     /// Writes `value` as JSON under `key`, expiring after `ttl` (at least 1 s: Redis takes
@@ -77,10 +69,9 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let body = serde_json::to_vec(value).map_err(corrupt)?;
-        let mut c = self.conn.clone();
-        c.set_ex::<_, _, ()>(key, body, ttl.as_secs().max(1))
-            .await
-            .map_err(unavailable)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(body).arg("EX").arg(ttl.as_secs().max(1));
+        self.conn.query::<()>(&cmd).await.map_err(unavailable)
     }
 }
 
@@ -99,11 +90,10 @@ impl SessionStore for RedisStore {
         _now: Now,
     ) -> BoxFuture<'a, Result<Option<SessionRecord>, StoreError>> {
         Box::pin(async move {
-            let mut c = self.conn.clone();
-            let raw = c
-                .get(format!("{SESSION_PREFIX}{key}"))
-                .await
-                .map_err(unavailable)?;
+            let cmd = redis::cmd("GET")
+                .arg(format!("{SESSION_PREFIX}{key}"))
+                .clone();
+            let raw = self.conn.query(&cmd).await.map_err(unavailable)?;
             from_json(raw)
         })
     }
@@ -120,13 +110,12 @@ impl SessionStore for RedisStore {
 
     fn revoke_session<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut c = self.conn.clone();
-            c.del::<_, ()>(format!("{SESSION_PREFIX}{key}"))
-                .await
-                .map_err(unavailable)?;
-            c.publish::<_, _, ()>(REVOKE_CHANNEL, key)
-                .await
-                .map_err(unavailable)
+            let del = redis::cmd("DEL")
+                .arg(format!("{SESSION_PREFIX}{key}"))
+                .clone();
+            self.conn.query::<()>(&del).await.map_err(unavailable)?;
+            let publish = redis::cmd("PUBLISH").arg(REVOKE_CHANNEL).arg(key).clone();
+            self.conn.query::<()>(&publish).await.map_err(unavailable)
         })
     }
 
@@ -146,20 +135,18 @@ impl SessionStore for RedisStore {
         _now: Now,
     ) -> BoxFuture<'a, Result<Option<PendingLogin>, StoreError>> {
         Box::pin(async move {
-            let mut c = self.conn.clone();
-            let raw = c
-                .get_del(format!("{LOGIN_PREFIX}{state}"))
-                .await
-                .map_err(unavailable)?;
+            let cmd = redis::cmd("GETDEL")
+                .arg(format!("{LOGIN_PREFIX}{state}"))
+                .clone();
+            let raw = self.conn.query(&cmd).await.map_err(unavailable)?;
             from_json(raw)
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut c = self.conn.clone();
-            redis::cmd("PING")
-                .query_async::<String>(&mut c)
+            self.conn
+                .query::<String>(&redis::cmd("PING"))
                 .await
                 .map(|_| ())
                 .map_err(unavailable)
@@ -170,8 +157,8 @@ impl SessionStore for RedisStore {
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
-                match self.client.get_async_pubsub().await {
-                    Ok(mut pubsub) => match pubsub.subscribe(REVOKE_CHANNEL).await {
+                match self.conn.pubsub().await {
+                    Ok((mut pubsub, origin)) => match pubsub.subscribe(REVOKE_CHANNEL).await {
                         Ok(()) => {
                             if failures > 0 {
                                 info!("session revocation channel reconnected");
@@ -180,9 +167,27 @@ impl SessionStore for RedisStore {
                             // Broadcasts sent while disconnected are lost: start clean.
                             evict(None);
                             let mut messages = pubsub.on_message();
-                            while let Some(msg) = messages.next().await {
-                                if let Ok(key) = msg.get_payload::<String>() {
-                                    evict(Some(&key));
+                            let mut check = tokio::time::interval(MASTER_CHECK);
+                            loop {
+                                tokio::select! {
+                                    msg = messages.next() => match msg {
+                                        Some(msg) => {
+                                            if let Ok(key) = msg.get_payload::<String>() {
+                                                evict(Some(&key));
+                                            }
+                                        }
+                                        None => break,
+                                    },
+                                    _ = check.tick(), if origin.is_some() => {
+                                        let moved = match &origin {
+                                            Some(addr) => self.conn.moved(addr).await,
+                                            None => false,
+                                        };
+                                        if moved {
+                                            info!("Redis master moved; subscribing to the new one");
+                                            break;
+                                        }
+                                    }
                                 }
                             }
                         }
