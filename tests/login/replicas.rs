@@ -1,6 +1,7 @@
 //! Sessions on Redis Sentinel and Redis Cluster (README: `[session]`): real logins through two
 //! gate replicas whose store is a Sentinel set or a 3-master Cluster on 127.0.0.1, sign-out
-//! reaching the other replica within 1 s, and a Sentinel failover while a user is logged in.
+//! reaching the other replica within 1 s, and Sentinel failovers while a user is logged in (one
+//! the Sentinels are asked for, one after the master froze).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -284,4 +285,71 @@ async fn sentinel_sessions_survive_a_failover_and_sign_out_reaches_every_replica
     assert_eq!(on_new.trim(), "1", "the new session is on the new master");
     r.sign_out_reaches_b(&browser, &value).await;
     r.sign_out_reaches_b(&second_browser, &second).await;
+}
+
+/// On Sentinel, a master that hangs rather than fails (frozen: nothing closes the connections
+/// to it): once the Sentinels promote the replica, both replicas answer from the new master,
+/// and a sign-out at A still reaches B within 1 s, so B's subscriber left the frozen master.
+#[tokio::test]
+async fn sentinel_frozen_master_is_left_for_the_new_one() {
+    let _exclusive = support::exclusive().await;
+    let sentinel = RedisSentinel::start();
+    let r = Replicas::start(&sentinel.url());
+    let (browser, value) = r.log_in().await;
+    r.assert_alice(&r.b, &value).await;
+    let key = session_key(&value);
+    let old = sentinel.master_port();
+    let replica = sentinel
+        .nodes
+        .iter()
+        .find(|n| n.port() != old)
+        .expect("replica");
+    support::poll_until(
+        Duration::from_secs(5),
+        "the session on the replica",
+        || match replica.cli(&["EXISTS", &key]).trim() {
+            "1" => Ok(()),
+            other => Err(other.to_owned()),
+        },
+    );
+
+    let sentinel = tokio::task::spawn_blocking(move || {
+        sentinel.freeze_master();
+        sentinel
+    })
+    .await
+    .expect("failover");
+    // Each replica's store answers again once it has left the frozen master (`/readyz` pings).
+    for gate in [&r.a, &r.b] {
+        eventually(
+            Duration::from_secs(10),
+            "the store to answer after the failover",
+            async || {
+                let answer = Browser::new()
+                    .get(&format!("{}/readyz", gate.url()), &[])
+                    .await;
+                match answer.status {
+                    200 => Ok(()),
+                    _ => Err(answer.describe()),
+                }
+            },
+        )
+        .await;
+    }
+    // The subscriber notices the move by asking the Sentinels (every second, each lookup bounded);
+    // the 1 s bound on sign-out holds from then on.
+    for gate in [&r.a, &r.b] {
+        eventually(
+            Duration::from_secs(10),
+            "the sign-out subscriber to leave the frozen master",
+            async || match gate.logs().contains("Redis master moved") {
+                true => Ok(()),
+                false => Err(gate.logs()),
+            },
+        )
+        .await;
+    }
+    r.assert_alice(&r.a, &value).await;
+    r.sign_out_reaches_b(&browser, &value).await;
+    sentinel.node(old).resume();
 }

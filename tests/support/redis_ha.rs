@@ -65,6 +65,16 @@ impl Node {
         self.peer.logs()
     }
 
+    /// Freezes the node (SIGSTOP): its connections hang instead of closing.
+    pub(crate) fn pause(&self) {
+        self.peer.pause();
+    }
+
+    /// Thaws a frozen node (SIGCONT).
+    pub(crate) fn resume(&self) {
+        self.peer.resume();
+    }
+
     /// Starts `redis-server` with `args` on a fresh port (another when the port was taken),
     /// waiting until it answers as itself. `args` gets the port and the directory.
     fn start(
@@ -306,6 +316,22 @@ impl RedisSentinel {
                 Err(info)
             }
         });
+        new
+    }
+
+    /// Freezes the master (SIGSTOP: clients connected to it hang, nothing closes their
+    /// connections) and waits until every Sentinel names the replica master. Returns the new
+    /// master's port; the old one stays frozen until [`Node::resume`].
+    pub(crate) fn freeze_master(&self) -> u16 {
+        let old = self.master_port();
+        let new = self
+            .nodes
+            .iter()
+            .map(|n| n.port)
+            .find(|&p| p != old)
+            .expect("a replica");
+        self.node(old).pause();
+        self.wait_agreed(new);
         new
     }
 
