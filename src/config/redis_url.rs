@@ -32,7 +32,7 @@ pub enum RedisTarget {
     },
 }
 
-/// A host (name, IPv4, or IPv6 without brackets) and a port.
+/// A host (name, IPv4, or IPv6 without brackets), normalised, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
     /// A name, an IPv4 address or an IPv6 address (without brackets).
@@ -236,16 +236,17 @@ fn host_port(entry: &str, default_port: u16) -> Result<HostPort, String> {
             .filter(|&p| p != 0)
             .ok_or_else(|| format!("{entry:?}: port {p:?} is not 1-65535"))?,
     };
-    let valid = if host.contains(':') {
-        host.parse::<std::net::Ipv6Addr>().is_ok()
+    // Normalised the way a URL's host is (lower case, IDNA, IPv4 canonical), so that the
+    // printed URL names what is dialled and loads back the same.
+    let host = if host.contains(':') {
+        host.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| bad())?
+            .to_string()
     } else {
-        url::Host::parse(host).is_ok() && !host.is_empty()
+        match url::Host::parse(host) {
+            Ok(h) if !host.is_empty() && !host.contains('%') => h.to_string(),
+            _ => return Err(bad()),
+        }
     };
-    if !valid {
-        return Err(bad());
-    }
-    Ok(HostPort {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    Ok(HostPort { host, port })
 }
