@@ -119,17 +119,23 @@ impl Node {
     }
 }
 
+/// `redis-cli` signed in as the admin (the password stays out of its warnings).
+fn admin_cli() -> Command {
+    let mut command = Command::new(require_binary("redis-cli"));
+    command.args([
+        "--no-auth-warning",
+        "--user",
+        "default",
+        "--pass",
+        ADMIN_PASSWORD,
+    ]);
+    command
+}
+
 /// `redis-cli` as the admin against `port`, raw output; panics when it fails.
 fn cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new(require_binary("redis-cli"))
+    let output = admin_cli()
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
-        .args([
-            "--no-auth-warning",
-            "--user",
-            "default",
-            "--pass",
-            ADMIN_PASSWORD,
-        ])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -288,15 +294,8 @@ impl RedisSentinel {
             .expect("a replica");
         // Accepted only once a Sentinel knows a healthy replica; it may need a moment.
         poll("SENTINEL FAILOVER accepted", AGREE_TIMEOUT, || {
-            let out = Command::new(require_binary("redis-cli"))
+            let out = admin_cli()
                 .args(["-h", "127.0.0.1", "-p", &self.sentinels[0].port.to_string()])
-                .args([
-                    "--no-auth-warning",
-                    "--user",
-                    "default",
-                    "--pass",
-                    ADMIN_PASSWORD,
-                ])
                 .args(["SENTINEL", "FAILOVER", SERVICE])
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -377,15 +376,8 @@ impl RedisSentinel {
 
 /// The master's port as the Sentinel on `port` names it.
 fn sentinel_master(port: u16) -> Result<u16, String> {
-    let out = Command::new(require_binary("redis-cli"))
+    let out = admin_cli()
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
-        .args([
-            "--no-auth-warning",
-            "--user",
-            "default",
-            "--pass",
-            ADMIN_PASSWORD,
-        ])
         .args(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE])
         .output()
         .map_err(|e| e.to_string())?;
@@ -439,15 +431,8 @@ impl RedisCluster {
                 )
             })
             .collect();
-        let mut create = Command::new(require_binary("redis-cli"));
+        let mut create = admin_cli();
         create
-            .args([
-                "--no-auth-warning",
-                "--user",
-                "default",
-                "--pass",
-                ADMIN_PASSWORD,
-            ])
             .args(["--cluster", "create"])
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
