@@ -1,6 +1,6 @@
-//! The decision pipeline (SPEC "The decision on /auth"), as plain functions over plain data.
+//! The decision pipeline (README, "The decision"), as plain functions over plain data.
 //!
-//! Invariants: steps run in SPEC order — client IP, CrowdSec, rate limit, route policy,
+//! Invariants: steps run in the documented order — client IP, CrowdSec, rate limit, route policy,
 //! session — and the first deny wins; a deny is a [`Verdict`] value, never an error; nothing
 //! here does IO or reads a clock (CrowdSec's answer arrives already looked up, and the limiter
 //! carries its own injected clock). Missing or malformed forwarded data never yields `Allow`.

@@ -267,7 +267,7 @@ impl App {
                     _ => login.userinfo(&view, now).await,
                 }
             }
-            // SPEC: `/` answers also without a provider, saying that login is off.
+            // `/` answers also without a provider (README, endpoints), saying that login is off.
             ("/", None) => page::login_off_page(),
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
