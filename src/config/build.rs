@@ -399,7 +399,7 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     let kind = s.get("store", cx, read::choice::<StoreKind>);
     let url_given = s.has("redis_url");
     let redis_url = s.get("redis_url", cx, |v, e| {
-        RedisTarget::parse(&read::string(v, e)?)
+        RedisTarget::parse(&read::string(v, e)?).map_err(|e| e.to_string())
     });
     let password = s.get("redis_password_file", cx, read::secret);
     s.set("cookie_name", cx, &mut se.cookie_name, |v, e| {

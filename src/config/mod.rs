@@ -36,7 +36,7 @@ use crate::domain::{DomainName, DomainSuffix, RedirectDomain};
 pub use crate::ratelimit::{RateKeyKind, RateLimit};
 use crate::rules::Rule;
 pub use crate::tls::TlsFiles;
-pub use redis_url::{HostPort, RedisTarget};
+pub use redis_url::{HostPort, RedisTarget, RedisUrlError};
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "JACKER_GATE_CONFIG";

@@ -85,6 +85,12 @@ impl fmt::Display for RedisTarget {
     }
 }
 
+/// Why a Redis URL was refused: every problem, separated by `; `. Never holds the URL (it may
+/// hold a password) or its user part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RedisUrlError(String);
+
 impl RedisTarget {
     /// Parses `text`, listing every problem in one message; never echoes the URL (it may hold
     /// a password) or the user part.
@@ -92,7 +98,11 @@ impl RedisTarget {
     /// # Errors
     ///
     /// What is wrong with `text`, problems separated by `; `.
-    pub fn parse(text: &str) -> Result<RedisTarget, String> {
+    pub fn parse(text: &str) -> Result<RedisTarget, RedisUrlError> {
+        Self::parse_text(text).map_err(RedisUrlError)
+    }
+
+    fn parse_text(text: &str) -> Result<RedisTarget, String> {
         if let Some(rest) = text.strip_prefix(SENTINEL) {
             let (username, hosts, path) = split(rest, SENTINEL_PORT)?;
             let mut problems = hosts.as_ref().err().cloned().unwrap_or_default();
