@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::gate::Gate;
 use crate::support::redis::Redis;
+use crate::support::redis_ha::{RedisCluster, GATE_PASSWORD};
 use crate::support::{eventually, metric_sum};
 
 fn config(redis: &Redis, per_second: u32, burst: u32) -> String {
@@ -182,5 +183,66 @@ async fn a_stopped_redis_falls_back_to_the_local_budget_and_recovers() {
         metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]),
         Some(errors),
         "no new errors once Redis answers"
+    );
+}
+
+/// On a Redis Cluster, as the gate's ACL user (the compose stack's commands): the script
+/// reaches its key's node through `EVALSHA`, no call fails, and 2 replicas still admit one
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_acl_user_shares_one_budget() {
+    let _exclusive = support::exclusive().await;
+    let cluster = RedisCluster::start();
+    let (per_second, burst) = (20u32, 40u32);
+    let gates: Vec<Arc<Gate>> = (0..2)
+        .map(|_| {
+            let setup = Gate::setup();
+            let pw = setup.write_secret("redis_password", GATE_PASSWORD);
+            Arc::new(setup.start(&format!(
+                "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n\
+                 [rate_limit]\nper_second = {per_second}\nburst = {burst}\nstore = \"redis\"\n\
+                 redis_url = \"{}\"\nredis_password_file = \"{}\"\n",
+                cluster.url(),
+                pw.display()
+            )))
+        })
+        .collect();
+    let start = Instant::now();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for gate in &gates {
+        let (gate, admitted) = (gate.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [
+                ("X-Forwarded-For", CLIENT),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "app.example.com"),
+                ("X-Forwarded-Uri", "/"),
+            ];
+            while start.elapsed() < Duration::from_secs(2) {
+                if gate.get("/auth", &headers).await.0 == 200 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let budget = f64::from(burst) + f64::from(per_second) * start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    eprintln!("shared limit on a Cluster: {admitted} admitted, budget {budget:.0}");
+    for gate in &gates {
+        let m = gate.metrics().await;
+        assert_eq!(
+            metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]),
+            Some(0.0),
+            "{}",
+            gate.logs()
+        );
+    }
+    assert!(
+        (admitted - budget).abs() <= budget * 0.1,
+        "2 replicas on a Cluster admitted {admitted}, one budget is {budget:.0}"
     );
 }
