@@ -246,3 +246,53 @@ async fn on_a_cluster_the_acl_user_shares_one_budget() {
         "2 replicas on a Cluster admitted {admitted}, one budget is {budget:.0}"
     );
 }
+
+/// A frozen Redis (SIGSTOP: connections hang instead of failing): a request waits at most the
+/// store timeout, then the local budget judges it; once Redis thaws the fallback ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_one_timeout_then_the_local_budget() {
+    let _exclusive = support::exclusive().await;
+    let redis = Redis::start();
+    let gate = Gate::start(&config(&redis, 1, 3));
+    let headers = [
+        ("X-Forwarded-For", "198.51.100.9"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Host", "app.example.com"),
+        ("X-Forwarded-Uri", "/"),
+    ];
+    let other = [
+        ("X-Forwarded-For", "198.51.100.10"),
+        headers[1],
+        headers[2],
+        headers[3],
+    ];
+    assert_eq!(gate.get("/auth", &other).await.0, 200, "connected to Redis");
+    redis.pause();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(gate.get("/auth", &headers).await.0);
+    }
+    let took = started.elapsed();
+    let (status, _, body) = gate.get("/readyz", &[]).await;
+    redis.resume();
+    assert_eq!(status, 200, "the gate still serves");
+    assert!(body.contains("rate limit: local fallback"), "{body:?}");
+    assert_eq!(statuses, [200, 200, 200, 429], "the local budget: burst 3");
+    assert!(
+        took < Duration::from_millis(900),
+        "one store timeout (100 ms), then no more waiting: {took:?}"
+    );
+    let m = gate.metrics().await;
+    let errors = metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]).unwrap_or(0.0);
+    assert!(errors >= 1.0, "the timeout is counted: {errors}");
+    eventually(
+        Duration::from_secs(10),
+        "/readyz without the fallback",
+        async || match gate.get("/readyz", &[]).await {
+            (200, _, body) if body == "ready\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+}
