@@ -64,6 +64,22 @@ struct Reserve {
     pending: u32,
 }
 
+/// Tokens asked of Redis for `key` by one call in flight.
+struct Pending<'a> {
+    limit: &'a SharedLimit,
+    key: RateKey,
+    want: u32,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut reserves = self.limit.reserves.lock().expect("reserve lock");
+        if let Some(r) = reserves.get_mut(&self.key) {
+            r.pending = r.pending.saturating_sub(self.want);
+        }
+    }
+}
+
 /// The shared limit of one replica.
 pub(crate) struct SharedLimit {
     conn: Conn,
@@ -162,7 +178,15 @@ impl SharedLimit {
                 }
             }
         };
-        match self.take(key, want).await {
+        // Released however the call ends, also when the request is dropped mid-call.
+        let pending = Pending {
+            limit: self,
+            key,
+            want,
+        };
+        let reply = self.take(key, want).await;
+        drop(pending);
+        match reply {
             Ok((granted, wait_us)) => {
                 let now = Instant::now();
                 let mut reserves = self.reserves.lock().expect("reserve lock");
@@ -170,9 +194,8 @@ impl SharedLimit {
                     left: 0,
                     until: now,
                     empty_until: None,
-                    pending: want,
+                    pending: 0,
                 });
-                r.pending = r.pending.saturating_sub(want);
                 if r.until <= now {
                     r.left = 0;
                 }
@@ -193,9 +216,6 @@ impl SharedLimit {
                 Outcome::Allowed
             }
             Err(e) => {
-                if let Some(r) = self.reserves.lock().expect("reserve lock").get_mut(&key) {
-                    r.pending = r.pending.saturating_sub(want);
-                }
                 metrics.ratelimit_store_errors.inc();
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "shared rate limit: Redis failed; each replica uses its own budget until it answers");
