@@ -16,8 +16,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jacker_gate::client_ip::{client_ip, TrustedProxies};
 use jacker_gate::config::{self};
 use jacker_gate::crowdsec::table::DecisionTable;
-use jacker_gate::decision::{decide, CrowdsecState, Forwarded, Step, Verdict};
-use jacker_gate::ratelimit::Limiter;
+use jacker_gate::decision::{decide, rate_key, CrowdsecState, Forwarded, Step, Verdict};
+use jacker_gate::ratelimit::{Limiter, Outcome};
 use jacker_gate::rules::Rules;
 
 const NOW: u32 = 1_800_000_000;
@@ -66,7 +66,11 @@ policy = "deny"
                 host: Some("App.Example.com:443"),
                 uri: Some(b"/static/app.js?v=3"),
             };
-            let v = decide(ip, cs, &limiter, &rules, black_box(&req), None);
+            let rate = match rate_key(ip, &limiter, None) {
+                Some(k) if cs.passes() => limiter.check(k),
+                _ => Outcome::Allowed,
+            };
+            let v = decide(cs, rate, &rules, black_box(&req));
             debug_assert!(matches!(
                 v,
                 Step::Done(Verdict::Allow { .. } | Verdict::Banned(_))

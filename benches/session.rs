@@ -22,10 +22,10 @@ use jacker_gate::clock::Now;
 use jacker_gate::config;
 use jacker_gate::crowdsec::table::DecisionTable;
 use jacker_gate::decision::{
-    decide, session_verdict, CrowdsecState, Forwarded, SessionState, Step, Verdict,
+    decide, rate_key, session_verdict, CrowdsecState, Forwarded, SessionState, Step, Verdict,
 };
 use jacker_gate::oauth::email::EmailPolicy;
-use jacker_gate::ratelimit::Limiter;
+use jacker_gate::ratelimit::{Limiter, Outcome};
 use jacker_gate::rules::Rules;
 use jacker_gate::session::cookie::CookieCodec;
 use jacker_gate::session::memory::MemoryStore;
@@ -124,7 +124,11 @@ fn bench_store(
                 host: Some("app.example.com"),
                 uri: Some(b"/dashboard?tab=2"),
             };
-            let v = match decide(ip, cs, &limiter, &rules, &req, None) {
+            let rate = match rate_key(ip, &limiter, None) {
+                Some(k) if cs.passes() => limiter.check(k),
+                _ => Outcome::Allowed,
+            };
+            let v = match decide(cs, rate, &rules, &req) {
                 Step::NeedsSession => {
                     let s = match sessions.resolve([cookie.as_str()].into_iter(), now).await {
                         Ok(Some(email)) => SessionState::Valid { email },

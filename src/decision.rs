@@ -13,7 +13,7 @@ use governor::clock::Clock;
 
 use crate::crowdsec::table::Remediation;
 use crate::oauth::email::EmailPolicy;
-use crate::ratelimit::{Limiter, Outcome};
+use crate::ratelimit::{Limiter, Outcome, RateKey};
 use crate::rules::{normalize_host, normalize_path, GatePage, PathError, Policy, Rules};
 
 /// What CrowdSec says about the client, already looked up by the edge.
@@ -202,46 +202,56 @@ pub enum Step {
     Gate(GatePage),
 }
 
-/// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints: the deny
-/// when one applies, `None` when the request may go on. `user` is the signed-in user when the
-/// limiter is keyed by user and a session was found. A request that passes spends one token of
-/// its bucket.
-pub fn admit<C: Clock + Clone>(
+impl CrowdsecState {
+    /// Whether step 2 lets the request on to the rate limit: a denied request spends no token.
+    pub fn passes(self) -> bool {
+        matches!(self, CrowdsecState::Off | CrowdsecState::Clear)
+    }
+}
+
+/// The rate-limit bucket of a request: the signed-in user's when the limiter is keyed by user
+/// and `user` is known, else the client address's; `None` for an exempt address. The edge
+/// takes one token from it (locally or in the shared store) when [`CrowdsecState::passes`].
+pub fn rate_key<C: Clock + Clone>(
     client: IpAddr,
-    crowdsec: CrowdsecState,
     limiter: &Limiter<C>,
     user: Option<&str>,
-) -> Option<Verdict> {
+) -> Option<RateKey> {
+    if !limiter.enabled() {
+        return None;
+    }
+    // `key = "user"` falls back to the client address without a session.
+    match user {
+        Some(u) if limiter.keyed_by_user() => Some(limiter.user_key(u)),
+        _ => limiter.ip_key(client),
+    }
+}
+
+/// Steps 2 and 3 (CrowdSec, rate limit), shared by `/auth` and the login endpoints: the deny
+/// when one applies, `None` when the request may go on. `rate` is the limiter's outcome for the
+/// request's [`rate_key`], taken by the edge (`Allowed` when CrowdSec already denies).
+pub fn admit(crowdsec: CrowdsecState, rate: Outcome) -> Option<Verdict> {
     match crowdsec {
         CrowdsecState::Decided(kind) => return Some(Verdict::Banned(kind)),
         CrowdsecState::Unavailable => return Some(Verdict::CrowdsecUnavailable),
         CrowdsecState::Off | CrowdsecState::Clear => {}
     }
-    // `key = "user"` falls back to the client address without a session.
-    let key = match user {
-        Some(u) if limiter.keyed_by_user() => Some(limiter.user_key(u)),
-        _ => limiter.ip_key(client),
-    };
-    if let Some(key) = key {
-        if let Outcome::Limited { retry_after_secs } = limiter.check(key) {
-            return Some(Verdict::Limited { retry_after_secs });
-        }
+    match rate {
+        Outcome::Limited { retry_after_secs } => Some(Verdict::Limited { retry_after_secs }),
+        Outcome::Allowed => None,
     }
-    None
 }
 
 /// Steps 2 to 4 for a client whose address step 1 has settled: CrowdSec, the rate limit, then
 /// the route. A deny, or a route the rules settle on their own, is [`Step::Done`]; a `login`
 /// route is [`Step::NeedsSession`]; one of the gate's own pages is [`Step::Gate`].
-pub fn decide<C: Clock + Clone>(
-    client: IpAddr,
+pub fn decide(
     crowdsec: CrowdsecState,
-    limiter: &Limiter<C>,
+    rate: Outcome,
     rules: &Rules,
     request: &Forwarded<'_>,
-    user: Option<&str>,
 ) -> Step {
-    if let Some(v) = admit(client, crowdsec, limiter, user) {
+    if let Some(v) = admit(crowdsec, rate) {
         return Step::Done(v);
     }
     let (method, host, path) = match route_of(request) {
@@ -326,11 +336,27 @@ mod tests {
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1, 2, 3, 4));
 
+    /// Steps 2 to 4 as the edge runs them with the local limiter.
+    fn decide_on<C: Clock + Clone>(
+        client: IpAddr,
+        crowdsec: CrowdsecState,
+        limiter: &Limiter<C>,
+        rules: &Rules,
+        request: &Forwarded<'_>,
+        user: Option<&str>,
+    ) -> Step {
+        let rate = match rate_key(client, limiter, user) {
+            Some(k) if crowdsec.passes() => limiter.check(k),
+            _ => Outcome::Allowed,
+        };
+        decide(crowdsec, rate, rules, request)
+    }
+
     #[test]
     fn order_of_steps() {
         let l = limiter(1);
         let r = rules();
-        let run = |cs, uri| decide(IP, cs, &l, &r, &req(uri), None);
+        let run = |cs, uri| decide_on(IP, cs, &l, &r, &req(uri), None);
         // A banned client is 403 even with a malformed path.
         assert_eq!(
             run(CrowdsecState::Decided(Remediation::Captcha), "/%zz"),
@@ -357,7 +383,7 @@ mod tests {
     fn routes_and_bad_input() {
         let l = limiter(0);
         let r = rules();
-        let check = |f: Forwarded<'_>| match decide(IP, CrowdsecState::Clear, &l, &r, &f, None) {
+        let check = |f: Forwarded<'_>| match decide_on(IP, CrowdsecState::Clear, &l, &r, &f, None) {
             Step::Done(v) => v,
             other => panic!("{other:?}"),
         };
@@ -396,7 +422,7 @@ mod tests {
             Verdict::Allow { user: None }
         );
         let login = Rules::new(vec![], true);
-        let run = |uri| decide(IP, CrowdsecState::Clear, &l, &login, &req(uri), None);
+        let run = |uri| decide_on(IP, CrowdsecState::Clear, &l, &login, &req(uri), None);
         assert_eq!(run("/"), Step::NeedsSession);
         let callback = Step::Gate(GatePage::Callback);
         assert_eq!(run("/oauth2/callback?code=x&state=y"), callback);
@@ -418,7 +444,7 @@ mod tests {
                 host: Some(host),
                 uri: Some(uri.as_bytes()),
             };
-            decide(IP, CrowdsecState::Clear, &l, &rules, &f, None)
+            decide_on(IP, CrowdsecState::Clear, &l, &rules, &f, None)
         };
         let at = |public_host: &str, prefix: &str, host: &str, uri: &str| {
             at_with("GET", public_host, prefix, host, uri)
@@ -512,6 +538,10 @@ mod tests {
             },
             FakeRelativeClock::default(),
         );
+        let admit = |_: IpAddr, cs: CrowdsecState, l: &Limiter<_>, user: Option<&str>| {
+            let rate = rate_key(IP, l, user).map_or(Outcome::Allowed, |k| l.check(k));
+            admit(cs, rate)
+        };
         assert_eq!(
             admit(IP, CrowdsecState::Off, &l, Some("a@example.com")),
             None

@@ -27,6 +27,7 @@ pub(crate) mod http;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod server;
+pub(crate) mod shared_limit;
 pub(crate) mod tls;
 
 pub mod cli;

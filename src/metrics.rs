@@ -129,6 +129,9 @@ pub struct Metrics {
     session_store_errors: Family<Labels, Counter>,
     /// `jacker_gate_ratelimit_keys`: rate-limit buckets held in memory.
     pub ratelimit_keys: Gauge,
+    /// `jacker_gate_ratelimit_store_errors_total`: shared rate-limit checks that Redis did not
+    /// answer in time, judged by the replica's own budget instead.
+    pub ratelimit_store_errors: Counter,
     /// `jacker_gate_untrusted_forwarded_total`: decision requests with `X-Forwarded-*` from a
     /// peer outside `server.trusted_proxies`.
     pub untrusted_forwarded: Counter,
@@ -224,6 +227,12 @@ impl Metrics {
             "Rate-limit buckets held in memory",
             ratelimit_keys.clone(),
         );
+        let ratelimit_store_errors = Counter::default();
+        registry.register(
+            "jacker_gate_ratelimit_store_errors",
+            "Shared rate-limit checks Redis failed or did not answer in time (judged by the replica's own budget)",
+            ratelimit_store_errors.clone(),
+        );
 
         let untrusted_forwarded = Counter::default();
         registry.register(
@@ -242,6 +251,7 @@ impl Metrics {
             logins,
             session_store_errors,
             ratelimit_keys,
+            ratelimit_store_errors,
             untrusted_forwarded,
         };
         m.set_decisions(&Counts::default());

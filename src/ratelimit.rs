@@ -63,6 +63,13 @@ pub struct RateKey(u128);
 
 const USER_TAG: u128 = 0xffff_fffe << 96;
 
+impl RateKey {
+    /// The key as one number, the same on every replica (for a shared store's key name).
+    pub fn id(self) -> u128 {
+        self.0
+    }
+}
+
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -91,8 +98,13 @@ pub struct Limiter<C: Clock = DefaultClock> {
     ipv6_mask: u128,
     exempt: Vec<IpNet>,
     by_user: bool,
-    user_hasher: foldhash::quality::RandomState,
+    user_hasher: foldhash::quality::FixedState,
 }
+
+/// The seed of user keys. Fixed, not random per process: with `store = "redis"` every replica
+/// must name a user's bucket alike. Two users share a bucket only if two addresses the email
+/// policy admits collide in 64 bits.
+const USER_SEED: u64 = 0x6a61_636b_6572_2d67;
 
 impl Limiter<DefaultClock> {
     /// A limiter on the monotonic clock.
@@ -121,7 +133,7 @@ impl<C: Clock + Clone> Limiter<C> {
             ipv6_mask,
             exempt: config.exempt.clone(),
             by_user: config.key == RateKeyKind::User,
-            user_hasher: Default::default(),
+            user_hasher: foldhash::quality::FixedState::with_seed(USER_SEED),
         }
     }
 

@@ -38,6 +38,7 @@ use crate::session::cookie::CookieCodec;
 use crate::session::memory::MemoryStore;
 use crate::session::redis::RedisStore;
 use crate::session::{SessionStore, Sessions};
+use crate::shared_limit::SharedLimit;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +67,11 @@ pub(crate) async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
         rules: Rules::new(config.rules.clone(), config.auth.is_some())
             .with_gate_pages(login.as_ref().map(|l| l.pages.clone()).unwrap_or_default()),
         limiter: Limiter::new(&config.rate_limit),
+        shared: match &config.shared_limit {
+            Some(redis) => SharedLimit::open(&config.rate_limit, redis)
+                .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
+            None => None,
+        },
         bouncer,
         login,
         metrics,
@@ -147,6 +153,9 @@ pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> a
             loop {
                 tick.tick().await;
                 app.limiter.cleanup();
+                if let Some(shared) = &app.shared {
+                    shared.cleanup();
+                }
             }
         });
     }

@@ -17,11 +17,13 @@ use jacker_gate::config::{self, parse_net, RateKeyKind, RateLimit};
 use jacker_gate::crowdsec::stream::{parse_live, parse_stream};
 use jacker_gate::crowdsec::table::{Delta, Target};
 use jacker_gate::crowdsec::{DecisionTable, Remediation};
-use jacker_gate::decision::{decide, BadRequest, CrowdsecState, Forwarded, Step, Verdict};
+use jacker_gate::decision::{
+    decide, rate_key, BadRequest, CrowdsecState, Forwarded, Step, Verdict,
+};
 use jacker_gate::domain::{DomainName, RedirectDomain};
 use jacker_gate::oauth::email::{normalize, EmailPolicy, EmailVerdict};
 use jacker_gate::oauth::redirect::RedirectPolicy;
-use jacker_gate::ratelimit::Limiter;
+use jacker_gate::ratelimit::{Limiter, Outcome};
 use jacker_gate::rules::{
     normalize_host, normalize_path, HostPattern, PathPrefix, Policy, Rule, Rules,
 };
@@ -860,7 +862,10 @@ pub fn decision(data: &[u8]) {
     let client = walk(peer, xff.iter().copied(), &trusted);
     let step = match client {
         Err(_) => Step::Done(Verdict::BadRequest(BadRequest::ForwardedFor)),
-        Ok(ip) => decide(ip, CrowdsecState::Clear, &limiter, &rules, &forwarded, None),
+        Ok(ip) => {
+            let rate = rate_key(ip, &limiter, None).map_or(Outcome::Allowed, |k| limiter.check(k));
+            decide(CrowdsecState::Clear, rate, &rules, &forwarded)
+        }
     };
     let Step::Done(Verdict::Allow { .. }) = step else {
         return;

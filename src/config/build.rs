@@ -11,8 +11,8 @@ use url::Url;
 
 use super::read::{self, Cx, Section};
 use super::{
-    Auth, Config, CookieSecret, Lapi, Provider, RedisServer, RedisTarget, SecretFile, Store,
-    StoreKind, TlsFiles, GOOGLE_ISSUER_URL,
+    Auth, Config, CookieSecret, Lapi, Provider, RateStoreKind, RedisServer, RedisTarget,
+    SecretFile, Store, StoreKind, TlsFiles, GOOGLE_ISSUER_URL,
 };
 use crate::rules::{HostPattern, PathPrefix, Policy, Rule};
 
@@ -21,9 +21,10 @@ pub(super) fn build(root: &mut toml::Table, cx: &mut Cx<'_>) -> Config {
     let mut c = Config::default();
     server(&mut c, Section::take(root, "server", cx), cx);
     crowdsec(&mut c, Section::take(root, "crowdsec", cx), cx);
-    rate_limit(&mut c, Section::take(root, "rate_limit", cx), cx);
+    let store = rate_limit(&mut c, Section::take(root, "rate_limit", cx), cx);
     let auth = AuthKeys::read(Section::take(root, "auth", cx), cx);
     let secret_given = session(&mut c, Section::take(root, "session", cx), cx);
+    store.resolve(&mut c, cx);
     c.auth = auth.build(&mut c, secret_given, cx);
     log(&mut c, Section::take(root, "log", cx), cx);
 
@@ -223,7 +224,61 @@ fn lapi_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, String> {
     reqwest::Identity::from_pem(&pem).map_err(|e| format!("bad client certificate or key: {e}"))
 }
 
-fn rate_limit(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) {
+/// The `rate_limit.store` keys as read: the Redis they name defaults to the session store's,
+/// which is read after them.
+struct RateStoreKeys {
+    kind: Option<RateStoreKind>,
+    url_given: bool,
+    redis_url: Option<RedisTarget>,
+    password: Option<SecretFile>,
+}
+
+impl RateStoreKeys {
+    fn resolve(self, c: &mut Config, cx: &mut Cx<'_>) {
+        match (self.kind, self.redis_url) {
+            (Some(RateStoreKind::Redis), Some(target)) => {
+                c.shared_limit = Some(RedisServer {
+                    target,
+                    password: self.password,
+                });
+            }
+            // A refused URL is a problem already; no second one for it.
+            (Some(RateStoreKind::Redis), None) if self.url_given => {}
+            (Some(RateStoreKind::Redis), None) => match &c.session.store {
+                // The password goes with the URL: the session's only with the session's URL.
+                Store::Redis(r) if self.password.is_none() => c.shared_limit = Some(r.clone()),
+                Store::Redis(_) => cx.err(
+                    "rate_limit.redis_password_file",
+                    "needs rate_limit.redis_url (the session store's URL has its own password)",
+                ),
+                Store::Memory => cx.err(
+                    "rate_limit.redis_url",
+                    "required when rate_limit.store = \"redis\" and session.store is not \"redis\"",
+                ),
+            },
+            (None | Some(RateStoreKind::Local), url) => {
+                for (key, given) in [
+                    ("rate_limit.redis_url", url.is_some()),
+                    ("rate_limit.redis_password_file", self.password.is_some()),
+                ] {
+                    if given {
+                        c.ignored.0.push(format!(
+                            "{key}: has no effect unless rate_limit.store = \"redis\""
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rate_limit(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> RateStoreKeys {
+    let kind = s.get("store", cx, read::choice::<RateStoreKind>);
+    let url_given = s.has("redis_url");
+    let redis_url = s.get("redis_url", cx, |v, e| {
+        RedisTarget::parse(&read::string(v, e)?)
+    });
+    let password = s.get("redis_password_file", cx, read::secret);
     let rl = &mut c.rate_limit;
     s.set("per_second", cx, &mut rl.per_second, |v, e| {
         read::ranged(v, e, 0, 10_000_000)
@@ -237,6 +292,12 @@ fn rate_limit(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) {
     });
     s.set("exempt", cx, &mut rl.exempt, read::nets);
     s.finish(cx);
+    RateStoreKeys {
+        kind,
+        url_given,
+        redis_url,
+        password,
+    }
 }
 
 /// The `[auth]` keys as read, before the login they describe is assembled with the keys of

@@ -53,6 +53,9 @@ pub struct Config {
     pub crowdsec: Crowdsec,
     /// `[rate_limit]`.
     pub rate_limit: RateLimit,
+    /// `rate_limit.store = "redis"`: the Redis every replica keeps one budget per key in
+    /// (`rate_limit.redis_url`, else the session store's); `None`: each replica's own budget.
+    pub shared_limit: Option<RedisServer>,
     /// `[auth]` with the keys of other sections a login needs; `None` while `auth.provider` is
     /// unset (every route is then `public` unless a rule denies it).
     pub auth: Option<Auth>,
@@ -232,6 +235,14 @@ pub struct RedisServer {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum StoreKind {
     Memory,
+    Redis,
+}
+
+/// `rate_limit.store` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RateStoreKind {
+    Local,
     Redis,
 }
 
@@ -425,6 +436,7 @@ impl Default for Config {
                 key_file: None,
             },
             rate_limit: RateLimit::default(),
+            shared_limit: None,
             auth: None,
             session: Session {
                 store: Store::Memory,
@@ -569,3 +581,5 @@ pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limit;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use toml::{Table, Value};
 
-use super::{Config, Store, StoreKind};
+use super::{Config, RateStoreKind, Store, StoreKind};
 use crate::duration::format_human;
 
 /// Builds one table; each method inserts one key.
@@ -96,7 +96,23 @@ impl Config {
             .i("burst", rl.burst)
             .name("key", rl.key)
             .i("ipv6_prefix", rl.ipv6_prefix)
-            .list("exempt", &rl.exempt);
+            .list("exempt", &rl.exempt)
+            .name(
+                "store",
+                if self.shared_limit.is_some() {
+                    RateStoreKind::Redis
+                } else {
+                    RateStoreKind::Local
+                },
+            )
+            .opt("redis_url", self.shared_limit.as_ref().map(|r| &r.target))
+            .path(
+                "redis_password_file",
+                self.shared_limit
+                    .as_ref()
+                    .and_then(|r| r.password.as_ref())
+                    .map(|f| f.path.as_path()),
+            );
 
         let auth = match &self.auth {
             None => T::default(),

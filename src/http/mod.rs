@@ -26,10 +26,11 @@ use crate::client_ip::{client_ip, TrustedProxies};
 use crate::clock::{Clock, Now};
 use crate::crowdsec::lapi::Bouncer;
 use crate::decision::{
-    decide, session_verdict, BadRequest, CrowdsecState, Forwarded, SessionState, Step, Verdict,
+    decide, rate_key, session_verdict, BadRequest, CrowdsecState, Forwarded, SessionState, Step,
+    Verdict,
 };
 use crate::metrics::{Endpoint, Metrics};
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limiter, Outcome};
 use crate::rules::{GatePage, Rules};
 use login::{LoginEndpoints, SignOutVia};
 
@@ -52,8 +53,10 @@ pub(crate) struct App {
     pub(crate) trusted: TrustedProxies,
     /// The route rules, with the gate's own pages.
     pub(crate) rules: Rules,
-    /// The rate limiter (step 3).
+    /// The rate limiter (step 3): this replica's budget, and its fallback with a shared one.
     pub(crate) limiter: Limiter,
+    /// `rate_limit.store = "redis"`: the budget shared by every replica.
+    pub(crate) shared: Option<crate::shared_limit::SharedLimit>,
     /// The CrowdSec bouncer (step 2); `None` when CrowdSec is off.
     pub(crate) bouncer: Option<Arc<Bouncer>>,
     /// The login endpoints; `None` without a provider.
@@ -250,7 +253,8 @@ impl App {
                 };
                 view.client = client;
                 let crowdsec = self.crowdsec(client, now).await;
-                if let Some(v) = crate::decision::admit(client, crowdsec, &self.limiter, None) {
+                let rate = self.rate(crowdsec, client, None).await;
+                if let Some(v) = crate::decision::admit(crowdsec, rate) {
                     return self.respond(v, &view, Endpoint::Auth);
                 }
                 let query = req.uri().query().unwrap_or("");
@@ -289,7 +293,24 @@ impl App {
                 );
             }
         }
-        plain(StatusCode::OK, "ready\n")
+        match &self.shared {
+            // The gate still serves, on each replica's own budget.
+            Some(shared) if shared.falling_back().await => {
+                plain(StatusCode::OK, "ready\nrate limit: local fallback\n")
+            }
+            _ => plain(StatusCode::OK, "ready\n"),
+        }
+    }
+
+    /// Step 3's token, taken by the edge (the shared store is IO) for the pure decision; none
+    /// when CrowdSec already denies.
+    async fn rate(&self, crowdsec: CrowdsecState, client: IpAddr, user: Option<&str>) -> Outcome {
+        let key = rate_key(client, &self.limiter, user).filter(|_| crowdsec.passes());
+        match (key, &self.shared) {
+            (None, _) => Outcome::Allowed,
+            (Some(k), Some(shared)) => shared.check(k, &self.limiter, &self.metrics).await,
+            (Some(k), None) => self.limiter.check(k),
+        }
     }
 
     /// Step 1: the client address, from the `X-Forwarded-For` walk when the peer is trusted.
@@ -416,14 +437,8 @@ impl App {
             Some(SessionState::Valid { email }) => Some(email.as_ref()),
             _ => None,
         };
-        let step = decide(
-            client,
-            crowdsec,
-            &self.limiter,
-            &self.rules,
-            &view.forwarded,
-            user,
-        );
+        let rate = self.rate(crowdsec, client, user).await;
+        let step = decide(crowdsec, rate, &self.rules, &view.forwarded);
         let Some(login) = &self.login else {
             // Without a provider no rule asks for a login and no gate page is recognised
             // (the config loader refuses `login` rules then).

@@ -11,7 +11,7 @@
 pub mod cookie;
 pub mod memory;
 pub mod redis;
-mod redis_conn;
+pub(crate) mod redis_conn;
 
 use std::sync::Arc;
 use std::time::Duration;

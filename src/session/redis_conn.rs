@@ -21,7 +21,7 @@ use redis::{
 use crate::config::{HostPort, RedisTarget};
 
 /// One of the three ways to reach Redis.
-pub(super) enum Conn {
+pub(crate) enum Conn {
     Single {
         client: Client,
         conn: ConnectionManager,
@@ -37,7 +37,7 @@ pub(super) enum Conn {
 }
 
 /// The master of a Sentinel set, looked up again after it failed.
-pub(super) struct SentinelMaster {
+pub(crate) struct SentinelMaster {
     /// A lookup at a time: the others then reuse the connection it made.
     sentinel: tokio::sync::Mutex<Sentinel>,
     service: String,
@@ -81,7 +81,7 @@ fn timed_out() -> redis::RedisError {
 impl Conn {
     /// A connection to `target`; none is made before the first call, so the gate starts (and
     /// answers 503 on login routes) while Redis is down.
-    pub(super) fn open(
+    pub(crate) fn open(
         target: &RedisTarget,
         password: Option<&str>,
         timeout: Duration,
@@ -155,7 +155,7 @@ impl Conn {
     }
 
     /// Runs `cmd` (a single-key command, or one any node answers) and returns its reply.
-    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Conn::Single { conn, .. } => cmd.query_async(&mut conn.clone()).await,
             Conn::Sentinel(master) => {

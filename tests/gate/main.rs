@@ -15,3 +15,4 @@ mod crowdsec_tls;
 mod forward_auth;
 mod fuzz_regressions;
 mod limits;
+mod shared_limit;

@@ -1,0 +1,298 @@
+//! The rate limit shared through Redis (`rate_limit.store = "redis"`), against a real
+//! redis-server and real gate processes: three replicas together admit one replica's budget
+//! (within 10%), and a replica whose Redis is gone judges by its own budget, says so, counts it,
+//! and goes back to the shared budget when Redis returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support;
+use crate::support::gate::Gate;
+use crate::support::redis::Redis;
+use crate::support::redis_ha::{RedisCluster, GATE_PASSWORD};
+use crate::support::{eventually, metric_sum};
+
+fn config(redis: &Redis, per_second: u32, burst: u32) -> String {
+    format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n\
+         [rate_limit]\nper_second = {per_second}\nburst = {burst}\nstore = \"redis\"\n\
+         redis_url = \"{}\"\n",
+        redis.url()
+    )
+}
+
+const CLIENT: &str = "203.0.113.7";
+
+/// 3 gates, one client hammering all of them for 3 s: what they admit together is
+/// `burst + per_second × t` within 10%, where 3 local budgets would admit three times that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_one_budget_within_ten_percent() {
+    let _exclusive = support::exclusive().await;
+    let redis = Redis::start();
+    let (per_second, burst) = (50u32, 100u32);
+    let gates: Vec<Arc<Gate>> = (0..3)
+        .map(|_| Arc::new(Gate::start(&config(&redis, per_second, burst))))
+        .collect();
+    let run = Duration::from_secs(3);
+    let admitted = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    // Two callers per gate, so every gate always has a request in flight.
+    for gate in gates.iter().chain(gates.iter()) {
+        let (gate, admitted, sent) = (gate.clone(), admitted.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [
+                ("X-Forwarded-For", CLIENT),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "app.example.com"),
+                ("X-Forwarded-Uri", "/"),
+            ];
+            while start.elapsed() < run {
+                let (status, _, _) = gate.get("/auth", &headers).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                match status {
+                    200 => {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    429 => {}
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    let sent = sent.load(Ordering::Relaxed);
+    let budget = f64::from(burst) + f64::from(per_second) * elapsed;
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let redis_calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "shared limit: {admitted} admitted of {sent} sent in {elapsed:.2} s by 3 gates; \
+         budget {budget:.0} ({:.1}%); {redis_calls} script calls",
+        100.0 * admitted / budget
+    );
+    assert!(
+        sent as f64 > budget * 1.5,
+        "the callers must outrun the budget for the test to mean anything: {sent} sent"
+    );
+    assert!(
+        (admitted - budget).abs() <= budget * 0.1,
+        "3 replicas admitted {admitted}, one budget over {elapsed:.2} s is {budget:.0}"
+    );
+    assert!(
+        redis_calls < sent,
+        "limited requests are answered locally until the bucket refills: {redis_calls} calls for {sent} requests"
+    );
+    // The bucket lives under the documented prefix and expires once it would be full again.
+    let keys = redis.cli(&["--scan", "--pattern", "jacker-gate:rl:*"]);
+    let key = keys.lines().next().expect("a bucket in Redis");
+    let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().expect("PTTL");
+    assert!(
+        ttl > 0 && ttl <= 2_100,
+        "burst / per_second = 2 s at most: {ttl}"
+    );
+    for gate in &gates {
+        let m = gate.metrics().await;
+        assert_eq!(
+            metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]),
+            Some(0.0)
+        );
+    }
+}
+
+/// Redis stops: the replica judges by its own budget (burst 3, then 429), counts the failures,
+/// and `/readyz` still answers 200 saying so; Redis comes back: the shared budget is used again
+/// (its key appears in Redis) and `/readyz` is plain "ready".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_falls_back_to_the_local_budget_and_recovers() {
+    let _exclusive = support::exclusive().await;
+    let mut redis = Redis::start();
+    let gate = Gate::start(&config(&redis, 1, 3));
+    let ask = |ip: &'static str| {
+        let gate = &gate;
+        async move {
+            let headers = [
+                ("X-Forwarded-For", ip),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "app.example.com"),
+                ("X-Forwarded-Uri", "/"),
+            ];
+            gate.get("/auth", &headers).await.0
+        }
+    };
+    assert_eq!(ask("198.51.100.1").await, 200);
+    let (status, _, body) = gate.get("/readyz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    redis.stop();
+    let started = Instant::now();
+    let statuses = [
+        ask("198.51.100.2").await,
+        ask("198.51.100.2").await,
+        ask("198.51.100.2").await,
+        ask("198.51.100.2").await,
+    ];
+    assert_eq!(statuses, [200, 200, 200, 429], "the local budget: burst 3");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a down Redis costs at most a timeout: {:?}",
+        started.elapsed()
+    );
+    let m = gate.metrics().await;
+    let errors = metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]).unwrap_or(0.0);
+    assert!(errors >= 1.0, "store errors counted: {errors}");
+    let (status, _, body) = gate.get("/readyz", &[]).await;
+    assert_eq!(status, 200, "the gate still serves");
+    assert!(body.contains("rate limit: local fallback"), "{body:?}");
+
+    redis.start_again();
+    eventually(
+        Duration::from_secs(10),
+        "/readyz without the fallback",
+        async || match gate.get("/readyz", &[]).await {
+            (200, _, body) if body == "ready\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert_eq!(ask("198.51.100.3").await, 200);
+    let keys = redis.cli(&["--scan", "--pattern", "jacker-gate:rl:*"]);
+    assert_eq!(
+        keys.lines().count(),
+        1,
+        "back on the shared budget: {keys:?}"
+    );
+    let m = gate.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]),
+        Some(errors),
+        "no new errors once Redis answers"
+    );
+}
+
+/// On a Redis Cluster, as the gate's ACL user (the compose stack's commands): the script
+/// reaches its key's node through `EVALSHA`, no call fails, and 2 replicas still admit one
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_acl_user_shares_one_budget() {
+    let _exclusive = support::exclusive().await;
+    let cluster = RedisCluster::start();
+    let (per_second, burst) = (20u32, 40u32);
+    let gates: Vec<Arc<Gate>> = (0..2)
+        .map(|_| {
+            let setup = Gate::setup();
+            let pw = setup.write_secret("redis_password", GATE_PASSWORD);
+            Arc::new(setup.start(&format!(
+                "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n\
+                 [rate_limit]\nper_second = {per_second}\nburst = {burst}\nstore = \"redis\"\n\
+                 redis_url = \"{}\"\nredis_password_file = \"{}\"\n",
+                cluster.url(),
+                pw.display()
+            )))
+        })
+        .collect();
+    let start = Instant::now();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for gate in &gates {
+        let (gate, admitted) = (gate.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [
+                ("X-Forwarded-For", CLIENT),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "app.example.com"),
+                ("X-Forwarded-Uri", "/"),
+            ];
+            while start.elapsed() < Duration::from_secs(2) {
+                if gate.get("/auth", &headers).await.0 == 200 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let budget = f64::from(burst) + f64::from(per_second) * start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    eprintln!("shared limit on a Cluster: {admitted} admitted, budget {budget:.0}");
+    for gate in &gates {
+        let m = gate.metrics().await;
+        assert_eq!(
+            metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]),
+            Some(0.0),
+            "{}",
+            gate.logs()
+        );
+    }
+    assert!(
+        (admitted - budget).abs() <= budget * 0.1,
+        "2 replicas on a Cluster admitted {admitted}, one budget is {budget:.0}"
+    );
+}
+
+/// A frozen Redis (SIGSTOP: connections hang instead of failing): a request waits at most the
+/// store timeout, then the local budget judges it; once Redis thaws the fallback ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_one_timeout_then_the_local_budget() {
+    let _exclusive = support::exclusive().await;
+    let redis = Redis::start();
+    let gate = Gate::start(&config(&redis, 1, 3));
+    let headers = [
+        ("X-Forwarded-For", "198.51.100.9"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Host", "app.example.com"),
+        ("X-Forwarded-Uri", "/"),
+    ];
+    let other = [
+        ("X-Forwarded-For", "198.51.100.10"),
+        headers[1],
+        headers[2],
+        headers[3],
+    ];
+    assert_eq!(gate.get("/auth", &other).await.0, 200, "connected to Redis");
+    redis.pause();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(gate.get("/auth", &headers).await.0);
+    }
+    let took = started.elapsed();
+    let (status, _, body) = gate.get("/readyz", &[]).await;
+    redis.resume();
+    assert_eq!(status, 200, "the gate still serves");
+    assert!(body.contains("rate limit: local fallback"), "{body:?}");
+    assert_eq!(statuses, [200, 200, 200, 429], "the local budget: burst 3");
+    assert!(
+        took < Duration::from_millis(900),
+        "one store timeout (100 ms), then no more waiting: {took:?}"
+    );
+    let m = gate.metrics().await;
+    let errors = metric_sum(&m, "jacker_gate_ratelimit_store_errors_total", &[]).unwrap_or(0.0);
+    assert!(errors >= 1.0, "the timeout is counted: {errors}");
+    eventually(
+        Duration::from_secs(10),
+        "/readyz without the fallback",
+        async || match gate.get("/readyz", &[]).await {
+            (200, _, body) if body == "ready\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+}
