@@ -275,9 +275,7 @@ impl RateStoreKeys {
 fn rate_limit(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> RateStoreKeys {
     let kind = s.get("store", cx, read::choice::<RateStoreKind>);
     let url_given = s.has("redis_url");
-    let redis_url = s.get("redis_url", cx, |v, e| {
-        RedisTarget::parse(&read::string(v, e)?)
-    });
+    let redis_url = s.get("redis_url", cx, read::redis_target);
     let password = s.get("redis_password_file", cx, read::secret);
     let rl = &mut c.rate_limit;
     s.set("per_second", cx, &mut rl.per_second, |v, e| {
@@ -459,9 +457,7 @@ fn session(c: &mut Config, mut s: Section, cx: &mut Cx<'_>) -> bool {
     let secret_given = s.has("cookie_secret_file");
     let kind = s.get("store", cx, read::choice::<StoreKind>);
     let url_given = s.has("redis_url");
-    let redis_url = s.get("redis_url", cx, |v, e| {
-        RedisTarget::parse(&read::string(v, e)?).map_err(|e| e.to_string())
-    });
+    let redis_url = s.get("redis_url", cx, read::redis_target);
     let password = s.get("redis_password_file", cx, read::secret);
     s.set("cookie_name", cx, &mut se.cookie_name, |v, e| {
         let t = read::string(v, e)?;

@@ -317,3 +317,8 @@ pub(super) fn path(v: &Value, env: bool) -> Result<PathBuf, String> {
     std::fs::metadata(&p).map_err(|e| format!("cannot read {s}: {e}"))?;
     Ok(p)
 }
+
+/// A Redis, Sentinel or Cluster URL without a password (see [`RedisTarget::parse`]).
+pub(super) fn redis_target(v: &Value, env: bool) -> Result<super::RedisTarget, String> {
+    super::RedisTarget::parse(&string(v, env)?).map_err(|e| e.to_string())
+}
