@@ -6,6 +6,8 @@ Targets, each hit by `wrk -t1 -c64` on loopback with the same Lua script (load.l
   nginx         nginx `return 200` (a C reference point)
   public        /auth on a public route, N decisions synced from a real CrowdSec LAPI,
                 the rate limiter on (limit set high), clients drawn from a 100k pool, none banned
+  public-shared the same with the shared rate limit (`rate_limit.store = "redis"`, the Redis
+                of the session targets): its Redis calls per request are reported too
   banned        the same gate, every client banned (403 path)
   limited       a gate whose limit every client is over (429 path)
   session       /auth on a login route with a valid session cookie, Redis store, cache warm
@@ -14,9 +16,20 @@ Targets, each hit by `wrk -t1 -c64` on loopback with the same Lua script (load.l
 The targets are interleaved (A B C ... A B C ...) and the median of the repetitions is reported,
 with each target's ratio to the baseline, p50/p99 latency, the server's CPU per request, and how
 much CPU everything else on the machine used during the run (a noisy run is flagged).
+--targets picks some of them (the baseline is always measured: the ratios need it).
+
+After the targets, the shared limit's accuracy: 3 gates with `store = "redis"`, per_second 50,
+burst 100, each hammered by its own wrk (-c8) with one client address (X-Forwarded-For from
+loopback, a trusted peer) for --accuracy-seconds; the 2xx answers of all three against the
+budget of one replica, burst + per_second x t (t: from the first wrk's start to the last one's
+end), and Redis's EVALSHA/EVAL calls per request. Within 10% is the target (smoke: 50%).
+--accuracy-seconds 0 skips it.
 
   python3 benches/load/run.py                 # full run: 100k decisions, 3 x 10 s per target
-  python3 benches/load/run.py --smoke         # CI smoke: 1k decisions, 1 x 1 s per target
+  python3 benches/load/run.py --smoke         # CI smoke: 1k decisions, 1 x 1 s per target,
+                                              # accuracy over 2 s
+  python3 benches/load/run.py --targets public,public-shared
+                                              # the shared limit against the local one
   python3 benches/load/run.py --memory        # RSS: idle, 100k and 1M decisions, 10-minute churn
   python3 benches/load/run.py --traefik --plugin-src DIR
                                               # through the real Traefik (about 10 minutes)
@@ -224,7 +237,7 @@ def pool_ip(prefix, i):
     return f"{prefix}.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def gate_config(port, key_file, lapi_url, per_second, burst, login=None):
+def gate_config(port, key_file, lapi_url, per_second, burst, login=None, shared_limit=None):
     cfg = f"""[server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
@@ -235,6 +248,7 @@ update_interval = "10s"
 [rate_limit]
 per_second = {per_second}
 burst = {burst}
+{f'store = "redis"{chr(10)}redis_url = "{shared_limit}"' if shared_limit else ""}
 [log]
 level = "warn"
 """
@@ -268,29 +282,60 @@ def start_gate(name, workdir, procs, binary, **kw):
     return proc, port
 
 
+def wrk_cmd(port, seconds, connections=64):
+    return [need("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", LUA,
+            f"http://127.0.0.1:{port}/auth"]
+
+
+def wrk_summary(out):
+    line = next((l for l in out.stdout.splitlines() if l.startswith("JSON ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    return json.loads(line[5:])
+
+
 def run_wrk(port, seconds, env_extra):
     env = dict(os.environ)
     env.update(env_extra)
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([need("wrk"), "-t1", "-c64", f"-d{seconds}s", "--latency", "-s", LUA,
-                          f"http://127.0.0.1:{port}/auth"], capture_output=True, text=True, env=env,
+    out = subprocess.run(wrk_cmd(port, seconds), capture_output=True, text=True, env=env,
                          timeout=seconds + 60)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after_children.ru_utime - before_children.ru_utime) + (
         after_children.ru_stime - before_children.ru_stime)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("JSON ")), None)
-    if line is None:
-        sys.exit(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-    return json.loads(line[5:]), wrk_cpu
+    return wrk_summary(out), wrk_cpu
+
+
+def redis_script_calls(port):
+    """EVALSHA + EVAL calls Redis has served (INFO commandstats), over a plain socket."""
+    with socket.create_connection(("127.0.0.1", port), 2) as s:
+        s.sendall(b"INFO commandstats\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            header, _, rest = data.partition(b"\r\n")
+            if header.startswith(b"$") and len(rest) >= int(header[1:]):
+                break
+    calls = 0
+    for line in data.decode().splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            calls += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return calls
 
 
 def measure(target, pids, seconds, helpers=()):
     """One wrk run of `target`: the CPU of the server's processes `pids`, and of everything on
     the machine but them, wrk and the `helpers` the scenario needs (Redis, the LAPI)."""
     cpu = lambda ps: sum(proc_cpu_seconds(p) for p in ps)
+    redis_port = target.get("redis_port")
+    calls0 = redis_script_calls(redis_port) if redis_port else 0
     cpu0, h0, busy0, t0 = cpu(pids), cpu(helpers), machine_busy_seconds(), time.time()
     summary, wrk_cpu = run_wrk(target["port"], seconds, target["env"])
     cpu1, h1, busy1, t1 = cpu(pids), cpu(helpers), machine_busy_seconds(), time.time()
+    calls1 = redis_script_calls(redis_port) if redis_port else 0
     server_cpu = cpu1 - cpu0
     requests = max(summary["requests"], 1)
     other = max(0.0, (busy1 - busy0) - server_cpu - (h1 - h0) - wrk_cpu) / (t1 - t0)
@@ -299,6 +344,8 @@ def measure(target, pids, seconds, helpers=()):
         "p50_us": summary["p50_us"],
         "p99_us": summary["p99_us"],
         "cpu_us_per_req": server_cpu / requests * 1e6,
+        "helpers_cpu_us_per_req": (h1 - h0) / requests * 1e6,
+        "redis_calls_per_req": (calls1 - calls0) / requests,
         "other_cores": other,
         "non_2xx_share": summary["non_2xx"] / requests,
         "socket_errors": summary["socket_errors"],
@@ -358,7 +405,7 @@ def login_store(workdir, procs, gate_bin, mint_bin):
     cookie = subprocess.run([mint_bin, redis_url, cookie_secret], capture_output=True, text=True,
                             check=True).stdout.strip()
     login = dict(client_secret=client_secret, redis_url=redis_url, cookie_secret=cookie_secret)
-    return redis, login, cookie
+    return redis, redis_port, login, cookie
 
 
 def throughput(args):
@@ -374,10 +421,12 @@ def throughput(args):
         lapi.import_bans(args.decisions, prefix=1)
         print(f"imported {args.decisions} decisions in {time.time() - t:.1f} s", flush=True)
 
-        redis, login, cookie = login_store(workdir, procs, gate_bin, mint_bin)
+        redis, redis_port, login, cookie = login_store(workdir, procs, gate_bin, mint_bin)
         base = dict(binary=gate_bin, key_file=key_file, lapi_url=lapi.url)
         g_public, p_public = start_gate("gate-public", workdir, procs, per_second=10_000_000,
                                         burst=10_000_000, **base)
+        g_shared, p_shared = start_gate("gate-public-shared", workdir, procs, per_second=10_000_000,
+                                        burst=10_000_000, shared_limit=login["redis_url"], **base)
         g_limited, p_limited = start_gate("gate-limited", workdir, procs, per_second=1, burst=1, **base)
         g_session, p_session = start_gate("gate-session", workdir, procs, per_second=10_000_000,
                                           burst=10_000_000, login=dict(login, cache_ttl="1h"), **base)
@@ -401,6 +450,8 @@ def throughput(args):
         targets = [
             dict(name="baseline", pid=bare.pid, port=bare_port, env=public_env, expect=0.0),
             dict(name="public", pid=g_public.pid, port=p_public, env=public_env, expect=0.0),
+            dict(name="public-shared", pid=g_shared.pid, port=p_shared, env=public_env, expect=0.0,
+                 redis_port=redis_port),
             dict(name="banned", pid=g_public.pid, port=p_public,
                  env={"POOL": str(min(args.pool, args.decisions)), "PREFIX": "1"}, expect=1.0),
             dict(name="limited", pid=g_limited.pid, port=p_limited, env={"POOL": "4", "PREFIX": "3"},
@@ -411,6 +462,11 @@ def throughput(args):
                  expect=0.0),
             dict(name="nginx", pid=None, port=nginx_port, env=public_env, expect=0.0),
         ]
+        if args.targets:
+            unknown = set(args.targets) - {t["name"] for t in targets}
+            if unknown:
+                sys.exit(f"unknown targets: {', '.join(sorted(unknown))}")
+            targets = [t for t in targets if t["name"] == "baseline" or t["name"] in args.targets]
         # nginx runs a master and workers: account the workers' CPU through the master's
         # children is not possible from /proc/stat alone, so sum every nginx process we started.
         nginx_pids = lambda: [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_chain(int(p), nginx.pid)]
@@ -430,6 +486,8 @@ def throughput(args):
                 print(f"rep {rep + 1} {t['name']:<13} {r['rps']:>10.0f} req/s  p99 {r['p99_us']:>6} us  "
                       f"cpu {r['cpu_us_per_req']:.2f} us/req  other {r['other_cores']:.2f} cores", flush=True)
         report(results, args)
+        if args.accuracy_seconds:
+            accuracy(args, workdir, procs, base, login["redis_url"], redis_port)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -473,11 +531,64 @@ def report(results, args):
               f"{m['cpu_us_per_req']:>10.2f} {m['cpu_us_per_req'] - base['cpu_us_per_req']:>+9.2f}")
     flag = "NOISY: other processes used %.2f cores at some point" % noisy if noisy > 0.15 else \
         "quiet: other processes used at most %.2f cores" % noisy
+    if "public" in med and "public-shared" in med:
+        local, shared = med["public"], med["public-shared"]
+        rps, p99 = shared["rps"] / local["rps"], shared["p99_us"] / max(local["p99_us"], 1)
+        print(f"public-shared against public: req/s {rps:.2f}x (target >= 0.8: "
+              f"{'met' if rps >= 0.8 else 'NOT met'}), p99 {p99:.2f}x (target <= 2: "
+              f"{'met' if p99 <= 2 else 'NOT met'}); Redis script calls {shared['redis_calls_per_req']:.3f} "
+              f"per request, Redis + LAPI CPU {shared['helpers_cpu_us_per_req']:.2f} us/req "
+              f"(public: {local['helpers_cpu_us_per_req']:.2f})")
     print(flag)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"median": med, "runs": results, "other_cores_max": noisy,
                        "args": vars(args)}, f, indent=2)
+
+
+def accuracy(args, workdir, procs, base, redis_url, redis_port, replicas=3, per_second=50, burst=100):
+    """The shared limit's accuracy: `replicas` gates on one Redis, one client address hammered
+    through all of them at once; their 2xx answers against one replica's budget."""
+    gates = [start_gate(f"gate-accuracy-{i}", workdir, procs, per_second=per_second, burst=burst,
+                        shared_limit=redis_url, **base) for i in range(replicas)]
+    env = dict(os.environ, POOL="1", PREFIX="7")
+    calls0 = redis_script_calls(redis_port)
+    t0 = time.time()
+    wrks = [subprocess.Popen(wrk_cmd(port, args.accuracy_seconds, connections=8), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _, port in gates]
+    outs = [subprocess.CompletedProcess(w.args, w.wait(timeout=args.accuracy_seconds + 60), *w.communicate())
+            for w in wrks]
+    t1 = time.time()
+    calls = redis_script_calls(redis_port) - calls0
+    for g, _ in gates:
+        g.stop()
+        procs.remove(g)
+    summaries = [wrk_summary(o) for o in outs]
+    requests = sum(s["requests"] for s in summaries)
+    admitted = sum(s["requests"] - s["non_2xx"] for s in summaries)
+    errors = sum(s["socket_errors"] for s in summaries)
+    budget = burst + per_second * (t1 - t0)
+    share = admitted / budget
+    print()
+    print(f"accuracy: {replicas} replicas, store = \"redis\", per_second {per_second}, burst {burst}, "
+          f"one client, wrk -t1 -c8 each, {args.accuracy_seconds} s (t = {t1 - t0:.2f} s)")
+    print(f"admitted {admitted} of {requests} requests; budget {budget:.0f} "
+          f"(burst + per_second x t): {100 * share:.1f}%; Redis script calls {calls} "
+          f"({calls / max(admitted, 1):.2f} per admitted request, {calls / max(requests, 1):.4f} per request)")
+    tolerance = 0.5 if args.smoke else 0.1
+    met = abs(share - 1) <= tolerance and not errors
+    print(f"target: within {100 * tolerance:.0f}% of the budget: {'met' if met else 'NOT met'}"
+          + (f" ({errors} socket errors)" if errors else ""))
+    if args.json:
+        with open(args.json) as f:
+            data = json.load(f)
+        data["accuracy"] = dict(replicas=replicas, per_second=per_second, burst=burst, seconds=t1 - t0,
+                                requests=requests, admitted=admitted, budget=budget, share=share,
+                                redis_script_calls=calls, socket_errors=errors)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2)
+    if args.smoke and not met:
+        sys.exit("accuracy: the shared limit admitted far from one replica's budget")
 
 
 def memory(args):
@@ -541,6 +652,10 @@ def main():
     ap.add_argument("--pool", type=int, default=100_000)
     ap.add_argument("--churn-seconds", type=int, default=600)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--targets", help="the targets to measure, comma-separated (default: all; "
+                                      "the baseline is always measured)")
+    ap.add_argument("--accuracy-seconds", type=int, default=10,
+                    help="the shared limit's accuracy run (0: skip it)")
     ap.add_argument("--traefik", action="store_true",
                     help="through the real Traefik, against the CrowdSec plugin (traefik.py)")
     ap.add_argument("--plugin-src", help="with --traefik: a checkout of the CrowdSec bouncer plugin")
@@ -557,11 +672,13 @@ def main():
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.paths = args.paths.split(",")
+    args.targets = [t for t in args.targets.split(",") if t] if args.targets else None
     args.auth_request_headers = [h for h in args.auth_request_headers.split(",") if h]
     if "plugin" not in args.paths:
         args.paths.insert(0, "plugin")
     if args.smoke:
         args.reps, args.seconds, args.decisions, args.pool = 1, 1, 1_000, 1_000
+        args.accuracy_seconds = min(args.accuracy_seconds, 2)
     for tool in ("wrk", "crowdsec", "cscli", "redis-server", "nginx"):
         need(tool)
     if args.traefik:
