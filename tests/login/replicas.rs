@@ -140,6 +140,25 @@ impl Replicas {
 }
 
 /// The Redis key of a session cookie value (`id.tag`): the prefix and the id's store key.
+/// Waits until the session `key` has reached the Sentinel set's replica: replication is
+/// asynchronous, and a failover keeps only what reached it.
+fn wait_replicated(sentinel: &RedisSentinel, key: &str) {
+    let old = sentinel.master_port();
+    let replica = sentinel
+        .nodes
+        .iter()
+        .find(|n| n.port() != old)
+        .expect("replica");
+    support::poll_until(
+        Duration::from_secs(5),
+        "the session on the replica",
+        || match replica.cli(&["EXISTS", key]).trim() {
+            "1" => Ok(()),
+            other => Err(other.to_owned()),
+        },
+    );
+}
+
 fn session_key(value: &str) -> String {
     let id = value.split('.').next().expect("an id");
     format!(
@@ -217,21 +236,8 @@ async fn sentinel_sessions_survive_a_failover_and_sign_out_reaches_every_replica
     let (browser, value) = r.log_in().await;
     r.assert_alice(&r.b, &value).await;
     // Replication is asynchronous: a failover keeps what reached the replica, so wait for it.
-    let key = session_key(&value);
     let old = sentinel.master_port();
-    let replica = sentinel
-        .nodes
-        .iter()
-        .find(|n| n.port() != old)
-        .expect("replica");
-    support::poll_until(
-        Duration::from_secs(5),
-        "the session on the replica",
-        || match replica.cli(&["EXISTS", &key]).trim() {
-            "1" => Ok(()),
-            other => Err(other.to_owned()),
-        },
-    );
+    wait_replicated(&sentinel, &session_key(&value));
 
     // Requests without a session, at both replicas, for the whole failover.
     let stop = Arc::new(AtomicUsize::new(0));
@@ -297,21 +303,8 @@ async fn sentinel_frozen_master_is_left_for_the_new_one() {
     let r = Replicas::start(&sentinel.url());
     let (browser, value) = r.log_in().await;
     r.assert_alice(&r.b, &value).await;
-    let key = session_key(&value);
     let old = sentinel.master_port();
-    let replica = sentinel
-        .nodes
-        .iter()
-        .find(|n| n.port() != old)
-        .expect("replica");
-    support::poll_until(
-        Duration::from_secs(5),
-        "the session on the replica",
-        || match replica.cli(&["EXISTS", &key]).trim() {
-            "1" => Ok(()),
-            other => Err(other.to_owned()),
-        },
-    );
+    wait_replicated(&sentinel, &session_key(&value));
 
     let sentinel = tokio::task::spawn_blocking(move || {
         sentinel.freeze_master();
