@@ -68,7 +68,7 @@ pub(crate) async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> anyhow:
             .with_gate_pages(login.as_ref().map(|l| l.pages.clone()).unwrap_or_default()),
         limiter: Limiter::new(&config.rate_limit),
         shared: match &config.shared_limit {
-            Some(redis) => SharedLimit::open(&config.rate_limit, redis)
+            Some(redis) => SharedLimit::open(&config.rate_limit, redis, metrics.clone())
                 .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
             None => None,
         },
@@ -153,9 +153,6 @@ pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> a
             loop {
                 tick.tick().await;
                 app.limiter.cleanup();
-                if let Some(shared) = &app.shared {
-                    shared.cleanup();
-                }
             }
         });
     }

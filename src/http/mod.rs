@@ -308,7 +308,7 @@ impl App {
         let key = rate_key(client, &self.limiter, user).filter(|_| crowdsec.passes());
         match (key, &self.shared) {
             (None, _) => Outcome::Allowed,
-            (Some(k), Some(shared)) => shared.check(k, &self.limiter, &self.metrics).await,
+            (Some(k), Some(shared)) => shared.check(k, &self.limiter).await,
             (Some(k), None) => self.limiter.check(k),
         }
     }

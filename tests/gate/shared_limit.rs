@@ -116,6 +116,89 @@ async fn three_replicas_admit_one_budget_within_ten_percent() {
     }
 }
 
+/// The script calls Redis has run (`EVALSHA` and `EVAL`), from `INFO commandstats`.
+fn script_calls(redis: &Redis) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn auth_headers(ip: &str) -> [(&'static str, String); 4] {
+    [
+        ("X-Forwarded-For", ip.to_string()),
+        ("X-Forwarded-Method", "GET".into()),
+        ("X-Forwarded-Host", "app.example.com".into()),
+        ("X-Forwarded-Uri", "/".into()),
+    ]
+}
+
+/// A client at three times its limit, its requests spread over 3 gates in turn as a load
+/// balancer spreads them, paced rather than hammering: the replicas lend it tokens while its
+/// bucket is more than half full, then ask Redis; together they still admit one budget within
+/// 10%. And clients far below their limit (one request each) never cost a Redis call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_no_redis_call() {
+    let _exclusive = support::exclusive().await;
+    let redis = Redis::start();
+    let (per_second, burst) = (50u32, 100u32);
+    let gates: Vec<Gate> = (0..3)
+        .map(|_| Gate::start(&config(&redis, per_second, burst)))
+        .collect();
+
+    for i in 0..90u32 {
+        let ip = format!("198.51.100.{}", 10 + i);
+        let headers = auth_headers(&ip);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(gates[i as usize % 3].get("/auth", &headers).await.0, 200);
+    }
+    assert_eq!(
+        script_calls(&redis),
+        0,
+        "90 clients with one request each: admitted on loan, nothing charged"
+    );
+
+    let rate = 150u32;
+    let run = Duration::from_secs(3);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let headers = auth_headers(CLIENT);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut sent, mut admitted) = (0u32, 0u32);
+    let start = Instant::now();
+    while start.elapsed() < run {
+        tick.tick().await;
+        match gates[sent as usize % 3].get("/auth", &headers).await.0 {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+        sent += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let budget = f64::from(burst) + f64::from(per_second) * elapsed;
+    eprintln!(
+        "paced: {admitted} admitted of {sent} sent in {elapsed:.2} s; budget {budget:.0}; {} script calls",
+        script_calls(&redis)
+    );
+    assert!(
+        f64::from(sent) > budget * 1.3,
+        "the client must outrun its budget: {sent} sent"
+    );
+    assert!(
+        (f64::from(admitted) - budget).abs() <= budget * 0.1,
+        "3 replicas admitted {admitted} of a paced client, one budget over {elapsed:.2} s is {budget:.0}"
+    );
+}
+
 /// Redis stops: the replica judges by its own budget (burst 3, then 429), counts the failures,
 /// and `/readyz` still answers 200 saying so; Redis comes back: the shared budget is used again
 /// (its key appears in Redis) and `/readyz` is plain "ready".

@@ -134,18 +134,26 @@ fn admin_cli() -> Command {
 
 /// `redis-cli` as the admin against `port`, raw output; panics when it fails.
 fn cli(port: u16, args: &[&str]) -> String {
+    try_cli(port, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `redis-cli` as the admin against `port`, raw output, or why it failed: for probes that poll a
+/// node while it may be dropping its clients (Sentinel reconfiguring it after a failover).
+fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let output = admin_cli()
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--raw"])
         .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("run redis-cli");
-    assert!(
-        output.status.success(),
-        "redis-cli -p {port} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "redis-cli -p {port} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// The options every data node shares: loopback, no persistence, the admin and gate users.
@@ -308,7 +316,7 @@ impl RedisSentinel {
         });
         self.wait_agreed(new);
         poll("the old master replicating", AGREE_TIMEOUT, || {
-            let info = cli(old, &["INFO", "replication"]);
+            let info = try_cli(old, &["INFO", "replication"])?;
             if info.contains("role:slave") && info.contains("master_link_status:up") {
                 Ok(())
             } else {
@@ -346,7 +354,7 @@ impl RedisSentinel {
                     if named != master_port {
                         return Err(format!("Sentinel {} names {named}", s.port));
                     }
-                    let fields = cli(s.port, &["SENTINEL", "MASTER", SERVICE]);
+                    let fields = try_cli(s.port, &["SENTINEL", "MASTER", SERVICE])?;
                     let field = |name: &str| {
                         let lines: Vec<&str> = fields.lines().collect();
                         lines

@@ -1,0 +1,477 @@
+//! What one replica knows about one key's shared bucket, and what it may do without asking
+//! Redis: pure, on instants it is given, so the unit tests below fix every boundary.
+//!
+//! A replica admits a request of a key in one of three ways:
+//! - from its **reserve**: tokens Redis granted it ahead, spent within [`RESERVE_TTL`];
+//! - on **loan**: admitted at once, without Redis, when the replica believes the bucket holds at
+//!   least [`Params::loan_floor`] tokens (a key it has not seen is believed full). Loans are
+//!   charged to the bucket in Redis once the key has used up its slack of them, with the next
+//!   batch; loans of a key that does not come back within [`LOAN_TTL`] are forgotten uncharged,
+//!   so a client far below its limit never costs a Redis call;
+//! - by **asking**: the request waits for the next batch to bring it a token.
+//!
+//! The accuracy bound: at any instant a replica holds at most `slack` tokens of a key that are
+//! granted and unspent (reserve) or spent and not yet charged (loans), and it lends only while it
+//! believes half the burst is left, so a key that is being limited gets no loans at all. What
+//! goes uncharged is at most `slack` per replica per [`LOAN_TTL`] of a key's silence there; a
+//! client fast enough to reach its limit through a load balancer is never that silent on any
+//! replica. Over any window, N replicas then admit at most `burst + per_second × t` plus about
+//! `2 × N × slack`.
+
+use std::time::{Duration, Instant};
+
+/// How long tokens taken from Redis may wait locally to be spent; unspent ones are dropped
+/// (a stricter limit, never a looser one).
+pub(super) const RESERVE_TTL: Duration = Duration::from_millis(250);
+/// How long loans wait to be charged: a key that asks nothing more of this replica within this
+/// time has its loans forgotten.
+pub(super) const LOAN_TTL: Duration = Duration::from_secs(1);
+
+/// The limit's shape in the units the state works in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Params {
+    /// Time between two tokens (1 / `per_second`).
+    pub(super) emission: Duration,
+    /// The burst's worth of emissions: how far ahead of now the bucket's theoretical arrival
+    /// time may run.
+    pub(super) tolerance: Duration,
+    /// Tokens a replica may hold unconfirmed per key (reserve plus loans): `burst / 50`, at most
+    /// 16, so 5 replicas stay within 10% of the burst alone. 0 (a burst under 50): every request
+    /// asks Redis.
+    pub(super) slack: u32,
+    /// Loans are made only while the bucket is believed to hold at least this many emissions'
+    /// worth of tokens (half the burst).
+    pub(super) loan_floor: Duration,
+}
+
+impl Params {
+    /// `per_second` ≥ 1, `burst` ≥ 1.
+    pub(super) fn new(per_second: u32, burst: u32) -> Self {
+        let emission = Duration::from_micros((1_000_000 / u64::from(per_second.max(1))).max(1));
+        let burst = burst.max(1);
+        Params {
+            emission,
+            tolerance: emission * burst,
+            slack: (burst / 50).min(16),
+            loan_floor: emission * burst.div_ceil(2),
+        }
+    }
+}
+
+/// What a request may do right now.
+#[derive(Debug, PartialEq)]
+pub(super) enum Take {
+    /// Admitted from the reserve.
+    Reserve,
+    /// Admitted on loan.
+    Loan,
+    /// Admitted on the last loan of the slack: the key must be queued so its loans are charged.
+    LoanAndReport,
+    /// Redis said the bucket is empty until then.
+    Limited(Duration),
+    /// Ask Redis (wait for the next batch).
+    Ask,
+}
+
+/// One key's state on this replica.
+#[derive(Debug)]
+pub(super) struct KeyState {
+    /// Granted tokens not yet spent, valid until `until`.
+    pub(super) left: u32,
+    pub(super) until: Instant,
+    /// Redis said no token before this instant.
+    pub(super) empty_until: Option<Instant>,
+    /// The bucket's theoretical arrival time as this replica believes it: Redis's at the last
+    /// answer, pushed on by each loan since. The bucket holds `(now + tolerance − tat) /
+    /// emission` tokens.
+    pub(super) tat: Instant,
+    /// Loans not yet sent to Redis (the first made at `owed_since`), and loans in a batch in
+    /// flight.
+    pub(super) owed: u32,
+    pub(super) owed_since: Instant,
+    pub(super) sending: u32,
+    /// Whether the key is in the queue of the next batch.
+    pub(super) queued: bool,
+}
+
+/// What one batch brought back for one key.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reply {
+    /// When the answer arrived.
+    pub(super) at: Instant,
+    /// Loans this batch charged.
+    pub(super) charged: u32,
+    /// Tokens granted.
+    pub(super) granted: u32,
+    /// How far the bucket's theoretical arrival time runs ahead of Redis's clock after the
+    /// call (0: the bucket is full).
+    pub(super) ahead: Duration,
+}
+
+impl KeyState {
+    /// A key this replica knows nothing of: believed full.
+    pub(super) fn new(now: Instant) -> Self {
+        KeyState {
+            left: 0,
+            until: now,
+            empty_until: None,
+            tat: now,
+            owed: 0,
+            owed_since: now,
+            sending: 0,
+            queued: false,
+        }
+    }
+
+    fn unconfirmed(&self) -> u32 {
+        self.owed + self.sending
+    }
+
+    /// One request of this key at `now`.
+    pub(super) fn take(&mut self, now: Instant, p: &Params) -> Take {
+        if self.left > 0 && self.until > now {
+            self.left -= 1;
+            return Take::Reserve;
+        }
+        match self.empty_until {
+            Some(at) if at > now => return Take::Limited(at - now),
+            _ => self.empty_until = None,
+        }
+        self.forget_stale_loans(now);
+        if self.unconfirmed() + self.held(now) < p.slack
+            && self.tat + p.loan_floor <= now + p.tolerance
+        {
+            if self.owed == 0 {
+                self.owed_since = now;
+            }
+            self.owed += 1;
+            self.tat = self.tat.max(now) + p.emission;
+            if self.unconfirmed() == p.slack && !self.queued {
+                return Take::LoanAndReport;
+            }
+            return Take::Loan;
+        }
+        Take::Ask
+    }
+
+    /// Takes up to `n` tokens from the reserve at `now`; returns how many.
+    pub(super) fn take_reserve(&mut self, now: Instant, n: usize) -> usize {
+        let n = n.min(self.held(now) as usize);
+        self.left -= n as u32;
+        n
+    }
+
+    /// Loans unsent for [`LOAN_TTL`] are dropped (the belief in `tat` keeps them).
+    fn forget_stale_loans(&mut self, now: Instant) {
+        if self.owed > 0 && !self.queued && self.owed_since + LOAN_TTL <= now {
+            self.owed = 0;
+        }
+    }
+
+    fn held(&self, now: Instant) -> u32 {
+        if self.until > now {
+            self.left
+        } else {
+            0
+        }
+    }
+
+    /// What the next batch sends for this key: the loans to charge (moved to `sending`) and the
+    /// tokens to ask for, given `waiting` requests.
+    pub(super) fn take_batch_line(&mut self, waiting: u32, p: &Params) -> (u32, u32) {
+        self.queued = false;
+        let charge = self.owed;
+        self.owed = 0;
+        self.sending += charge;
+        // A key busy enough to wait or to use up its loans gets a reserve for what follows.
+        let busy = waiting > 0 || charge >= p.slack.max(1);
+        let want = waiting + if busy { p.slack } else { 0 };
+        (charge, want)
+    }
+
+    /// Applies Redis's answer; returns how many of the `waiting` requests are admitted, and for
+    /// the rest, how long until the next token.
+    pub(super) fn apply(&mut self, r: Reply, waiting: u32, p: &Params) -> (u32, Duration) {
+        self.sending = self.sending.saturating_sub(r.charged);
+        self.tat = r.at + r.ahead;
+        let served = r.granted.min(waiting);
+        let mut extra = r.granted - served;
+        // Tokens beyond the waiters first pay for loans made while the batch was out: those
+        // need no charge later.
+        let settled = extra.min(self.owed);
+        self.owed -= settled;
+        extra -= settled;
+        // What the replica holds never exceeds the slack (the excess is dropped: stricter only).
+        let room = p.slack.saturating_sub(self.unconfirmed());
+        self.left = if self.until > r.at { self.left } else { 0 };
+        self.left = (self.left + extra).min(room);
+        if extra > 0 {
+            self.until = r.at + RESERVE_TTL;
+        }
+        // No whole token left: nobody gets one before it refills.
+        let next = (r.ahead + p.emission).saturating_sub(p.tolerance);
+        if !next.is_zero() && self.left == 0 {
+            self.empty_until = Some(r.at + next);
+        }
+        (served, next.max(p.emission))
+    }
+
+    /// A failed batch: its loans are lost (admitted, never charged: Redis was not there).
+    pub(super) fn failed(&mut self, charged: u32) {
+        self.sending = self.sending.saturating_sub(charged);
+    }
+
+    /// Whether forgetting the key changes nothing: no loan or reserve outstanding, not limited,
+    /// and believed to hold at least the loan floor, as an unknown key is.
+    pub(super) fn forgettable(&mut self, now: Instant, p: &Params) -> bool {
+        self.forget_stale_loans(now);
+        self.unconfirmed() == 0
+            && !self.queued
+            && self.held(now) == 0
+            && self.empty_until.is_none_or(|at| at <= now)
+            && self.tat + p.loan_floor <= now + p.tolerance
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// 50/s, burst 100: a token every 20 ms, 2 s of tolerance, slack 2, loans above 50 tokens.
+    fn p() -> Params {
+        Params::new(50, 100)
+    }
+
+    #[test]
+    fn the_shape_in_time() {
+        let p = p();
+        assert_eq!(p.emission, ms(20));
+        assert_eq!(p.tolerance, ms(2000));
+        assert_eq!(p.slack, 2);
+        assert_eq!(p.loan_floor, ms(1000));
+        assert_eq!(Params::new(1, 3).slack, 0);
+        assert_eq!(Params::new(1000, 100_000).slack, 16);
+        for burst in [1, 10, 49, 50, 100, 999, 5000] {
+            assert!(
+                5 * Params::new(50, burst).slack <= burst / 10,
+                "burst {burst}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_gets_slack_loans_then_asks() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        assert_eq!(k.take(t, &p), Take::Loan);
+        assert_eq!(
+            k.take(t, &p),
+            Take::LoanAndReport,
+            "the slack used: charge it"
+        );
+        k.queued = true;
+        assert_eq!(k.take(t, &p), Take::Ask, "slack 2: the third waits");
+        assert_eq!(
+            k.take_batch_line(1, &p),
+            (2, 3),
+            "two loans charged, one token + a reserve asked"
+        );
+        assert_eq!(k.take(t, &p), Take::Ask, "loans in flight still count");
+    }
+
+    #[test]
+    fn a_small_burst_never_lends() {
+        let p = Params::new(1, 3);
+        let t = Instant::now();
+        assert_eq!(KeyState::new(t).take(t, &p), Take::Ask);
+    }
+
+    #[test]
+    fn a_granted_reserve_serves_the_next_requests_until_it_expires() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        // Redis granted 3 to one waiter: one served, two held.
+        k.take_batch_line(1, &p);
+        let (served, _) = k.apply(
+            Reply {
+                at: t,
+                charged: 0,
+                granted: 3,
+                ahead: ms(1900),
+            },
+            1,
+            &p,
+        );
+        assert_eq!((served, k.left), (1, 2));
+        assert_eq!(k.take(t + ms(10), &p), Take::Reserve);
+        assert_eq!(
+            k.take(t + RESERVE_TTL, &p),
+            Take::Ask,
+            "expired; 40 ms of tokens is below the loan floor"
+        );
+    }
+
+    #[test]
+    fn an_empty_bucket_limits_without_asking_until_the_next_token() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take_batch_line(2, &p);
+        // Full up to the tolerance: the next token in one emission.
+        let (served, retry) = k.apply(
+            Reply {
+                at: t,
+                charged: 0,
+                granted: 0,
+                ahead: ms(2000),
+            },
+            2,
+            &p,
+        );
+        assert_eq!((served, retry), (0, ms(20)));
+        assert_eq!(k.take(t + ms(19), &p), Take::Limited(ms(1)));
+        assert_eq!(
+            k.take(t + ms(20), &p),
+            Take::Ask,
+            "a limited key never gets a loan"
+        );
+    }
+
+    #[test]
+    fn loans_stop_below_half_the_burst_and_resume_once_it_refilled() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        k.take_batch_line(0, &p);
+        // Redis: 60 tokens used (1.2 s ahead), 40 left.
+        k.apply(
+            Reply {
+                at: t,
+                charged: 1,
+                granted: 0,
+                ahead: ms(1200),
+            },
+            0,
+            &p,
+        );
+        assert_eq!(k.take(t, &p), Take::Ask);
+        assert!(!k.forgettable(t, &p));
+        // 200 ms later 50 are left: loans again, each pushing the belief on.
+        let later = t + ms(200);
+        assert!(k.forgettable(later, &p));
+        assert_eq!(k.take(later, &p), Take::Loan);
+        assert_eq!(k.take(later, &p), Take::Ask, "now believed below 50");
+    }
+
+    #[test]
+    fn loans_charged_past_the_burst_limit_until_the_debt_is_paid() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        k.take(t, &p);
+        assert_eq!(k.take_batch_line(0, &p), (2, 2));
+        // Other replicas had emptied the bucket: the loans put it 40 ms in debt.
+        let (_, retry) = k.apply(
+            Reply {
+                at: t,
+                charged: 2,
+                granted: 0,
+                ahead: ms(2040),
+            },
+            0,
+            &p,
+        );
+        assert_eq!(retry, ms(60));
+        assert_eq!(k.empty_until, Some(t + ms(60)));
+        assert_eq!(k.take(t + ms(59), &p), Take::Limited(ms(1)));
+    }
+
+    #[test]
+    fn what_a_replica_holds_never_exceeds_the_slack() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        k.take_batch_line(0, &p);
+        k.take(t, &p); // one loan in flight, one owed
+        k.apply(
+            Reply {
+                at: t,
+                charged: 1,
+                granted: 5,
+                ahead: ms(0),
+            },
+            0,
+            &p,
+        );
+        assert_eq!(k.left + k.owed + k.sending, p.slack);
+    }
+
+    #[test]
+    fn granted_tokens_pay_for_loans_made_while_the_batch_was_out() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        assert_eq!(k.take(t, &p), Take::LoanAndReport);
+        assert_eq!(k.take_batch_line(0, &p), (2, 2));
+        assert_eq!(k.take(t, &p), Take::Ask, "the slack is in flight");
+        k.apply(
+            Reply {
+                at: t,
+                charged: 2,
+                granted: 2,
+                ahead: ms(80),
+            },
+            0,
+            &p,
+        );
+        assert_eq!(k.left, 2);
+        // The waiter's batch goes out; meanwhile the reserve is spent and one more loan made.
+        assert_eq!(k.take_batch_line(1, &p), (0, 3));
+        assert_eq!(k.take(t, &p), Take::Reserve);
+        assert_eq!(k.take(t, &p), Take::Reserve);
+        assert_eq!(k.take(t, &p), Take::Loan);
+        let (served, _) = k.apply(
+            Reply {
+                at: t,
+                charged: 0,
+                granted: 3,
+                ahead: ms(140),
+            },
+            1,
+            &p,
+        );
+        assert_eq!(served, 1);
+        assert_eq!(
+            (k.owed, k.left),
+            (0, 1),
+            "one token paid the loan, one is held"
+        );
+    }
+
+    #[test]
+    fn a_client_far_below_its_limit_never_reaches_redis() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        // One request a second here: each is a loan, forgotten before the next.
+        for s in 0..5 {
+            let at = t + Duration::from_secs(s);
+            assert_eq!(k.take(at, &p), Take::Loan, "second {s}");
+            assert_eq!(k.owed, 1);
+        }
+        assert!(!k.forgettable(t + ms(4999), &p), "a loan still waits");
+        assert!(k.forgettable(t + ms(5000), &p));
+    }
+
+    #[test]
+    fn a_failed_batch_releases_its_loans() {
+        let (p, t) = (p(), Instant::now());
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        let (charge, _) = k.take_batch_line(0, &p);
+        k.failed(charge);
+        assert!(k.forgettable(t, &p));
+    }
+}
