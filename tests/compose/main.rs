@@ -1918,19 +1918,19 @@ fn redis_loads_the_acl_built_from_the_secrets_and_enforces_it() {
     assert_eq!(resp(&mut gate, &["GETDEL", "jacker-gate:login:st"]), "r");
     assert!(resp(&mut gate, &["DEL", "jacker-gate:s:1"]).starts_with(':'));
     assert!(resp(&mut gate, &["PUBLISH", "jacker-gate:revoked", "x"]).starts_with(':'));
-    // The shared rate limit's script (src/shared_limit.rs) calls TIME, GET, SET and PEXPIRE on
-    // its bucket; Redis checks each against the user's rules, inside the script too.
-    let script = "redis.call('TIME') redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1') \
-                  return redis.call('PEXPIRE', KEYS[1], 1000)";
+    // The shared rate limit's script (src/shared_limit/mod.rs) calls TIME, GET and SET with PX
+    // on its buckets; Redis checks each against the user's rules, inside the script too.
+    let script = "redis.call('TIME') redis.call('GET', KEYS[1]) \
+                  return redis.call('SET', KEYS[1], '1', 'PX', 1000)";
     assert_eq!(
-        resp(&mut gate, &["EVAL", script, "1", "jacker-gate:rl:1"]),
-        ":1"
+        resp(&mut gate, &["EVAL", script, "1", "jacker-gate:rl:{1}1"]),
+        "+OK"
     );
     let mut admin = session("default", "redis_admin_password");
     let sha = resp(&mut admin, &["SCRIPT", "LOAD", script]);
     assert_eq!(
-        resp(&mut gate, &["EVALSHA", &sha, "1", "jacker-gate:rl:2"]),
-        ":1"
+        resp(&mut gate, &["EVALSHA", &sha, "1", "jacker-gate:rl:{2}2"]),
+        "+OK"
     );
     assert!(
         resp(&mut gate, &["EVAL", script, "1", "other-app:rl"]).contains("NOPERM"),

@@ -315,6 +315,31 @@ async fn on_a_cluster_the_acl_user_shares_one_budget() {
     let budget = f64::from(burst) + f64::from(per_second) * start.elapsed().as_secs_f64();
     let admitted = admitted.load(Ordering::Relaxed) as f64;
     eprintln!("shared limit on a Cluster: {admitted} admitted, budget {budget:.0}");
+    // Many clients at once (burst 40: no loans, every first request asks Redis): one batch
+    // holds keys of several slots, sent as one script call per hash-tag shard, each to its
+    // node; every client is admitted and the buckets spread over the masters.
+    let asks = (0..48u32).map(|i| {
+        let gate = gates[i as usize % 2].clone();
+        async move {
+            let ip = format!("198.51.100.{}", 10 + i);
+            let headers = auth_headers(&ip);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            gate.get("/auth", &headers).await.0
+        }
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            !n.cli(&["--scan", "--pattern", "jacker-gate:rl:*"])
+                .trim()
+                .is_empty()
+        })
+        .count();
+    assert!(holding >= 2, "buckets on {holding} of 3 masters");
     for gate in &gates {
         let m = gate.metrics().await;
         assert_eq!(

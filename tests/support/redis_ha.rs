@@ -31,7 +31,7 @@ fn gate_user_rule(extra: &str) -> String {
     format!(
         "{GATE_USER} on >{GATE_PASSWORD} ~jacker-gate:* &jacker-gate:* -@all +auth +hello +ping \
          +select +quit +reset +client|setname +client|getname +client|id +get +set +setex +getdel \
-         +del +publish +subscribe +unsubscribe +evalsha +eval +pexpire +time {extra}"
+         +del +publish +subscribe +unsubscribe +evalsha +eval +time {extra}"
     )
 }
 
