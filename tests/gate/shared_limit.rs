@@ -69,19 +69,7 @@ async fn three_replicas_admit_one_budget_within_ten_percent() {
     let admitted = admitted.load(Ordering::Relaxed) as f64;
     let sent = sent.load(Ordering::Relaxed);
     let budget = f64::from(burst) + f64::from(per_second) * elapsed;
-    let stats = redis.cli(&["INFO", "commandstats"]);
-    let redis_calls: u64 = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let redis_calls = script_calls(&redis);
     eprintln!(
         "shared limit: {admitted} admitted of {sent} sent in {elapsed:.2} s by 3 gates; \
          budget {budget:.0} ({:.1}%); {redis_calls} script calls",
