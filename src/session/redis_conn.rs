@@ -217,6 +217,12 @@ impl Conn {
     }
 }
 
+/// Whether `e` says the command never reached a working master: a demoted node, or a
+/// connection that was closed under it.
+fn retry_on_new_connection(e: &redis::RedisError) -> bool {
+    e.code() == Some("READONLY") || e.is_connection_dropped() || e.is_io_error()
+}
+
 impl SentinelMaster {
     /// A client for the master the Sentinels name now (redis-rs checks its `ROLE`).
     async fn lookup(&self) -> RedisResult<Client> {
@@ -254,6 +260,19 @@ impl SentinelMaster {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self.query_once(cmd).await {
+            // A failover demoted the node this replica was talking to (READONLY), or Sentinel
+            // closed the connections to it when it did (a dropped connection): the command goes
+            // again, once, to the master the Sentinels name now, so the first request after a
+            // failover does not answer 503. Every command the gate sends may run twice: they
+            // set or delete whole keys, and a GETDEL that ran before its answer was lost only
+            // makes the second find nothing (the login then fails, closed).
+            Err(e) if retry_on_new_connection(&e) => self.query_once(cmd).await,
+            answer => answer,
+        }
+    }
+
+    async fn query_once<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let mut conn = self.connection().await?;
         let answer = cmd.query_async(&mut conn).await;
         if let Err(e) = &answer {

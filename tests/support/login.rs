@@ -73,6 +73,7 @@ pub(crate) struct LoginGate {
     lifetime: Option<String>,
     server: String,
     rate_limit: Option<(u32, u32)>,
+    rate_limit_store: Option<String>,
     log_to: Option<PathBuf>,
     extra: String,
     redis_password: Option<String>,
@@ -99,6 +100,7 @@ impl LoginGate {
             lifetime: None,
             server: String::new(),
             rate_limit: None,
+            rate_limit_store: None,
             log_to: None,
             extra: String::new(),
             redis_password: None,
@@ -169,6 +171,12 @@ impl LoginGate {
         self
     }
 
+    /// `rate_limit.store` (`"redis"`: the shared limit, on the session's Redis).
+    pub(crate) fn rate_limit_store(mut self, store: &str) -> LoginGate {
+        self.rate_limit_store = Some(store.to_owned());
+        self
+    }
+
     /// Also appends the gate's log lines to `path` (see `GateSetup::log_to`).
     pub(crate) fn log_to(mut self, path: &Path) -> LoginGate {
         self.log_to = Some(path.to_owned());
@@ -233,7 +241,13 @@ cookie_domains = {cookie_domains}
             public_url = self.public_url,
             server = self.server,
             rate_limit = match self.rate_limit {
-                Some((per_second, burst)) => format!("per_second = {per_second}\nburst = {burst}"),
+                Some((per_second, burst)) => format!(
+                    "per_second = {per_second}\nburst = {burst}\n{}",
+                    self.rate_limit_store
+                        .as_ref()
+                        .map(|s| format!("store = {s:?}"))
+                        .unwrap_or_default()
+                ),
                 None => "per_second = 0".to_owned(),
             },
             provider = self.provider,
