@@ -677,6 +677,18 @@ fn the_docker_socket_is_reached_only_through_the_socket_proxy() {
 // ---------------------------------------------------------------------------------------------
 // Traefik, CrowdSec and the gate's deployment config.
 
+/// A forwardAuth `address` of middlewares.toml as Traefik's file provider renders it, with
+/// `JACKER_GATE_POOL` set (the replicas overlay) or not: the one Go template it holds is
+/// `{{ if env "JACKER_GATE_POOL" }}POOL{{ else }}GATE{{ end }}PATH`.
+fn rendered_address(raw: &str, pool: bool) -> String {
+    let Some(rest) = raw.strip_prefix("{{ if env \"JACKER_GATE_POOL\" }}") else {
+        return raw.to_owned();
+    };
+    let (with_pool, rest) = rest.split_once("{{ else }}").expect("{{ else }}");
+    let (single, path) = rest.split_once("{{ end }}").expect("{{ end }}");
+    format!("{}{path}", if pool { with_pool } else { single })
+}
+
 #[test]
 fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
@@ -684,9 +696,24 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let fa = &mw["jacker-gate"]["forwardAuth"];
     // Over TLS, so that Traefik's client speaks HTTP/2 on one connection (README: "The forwardAuth
     // hop over HTTP/2"), with the CA and Traefik's client certificate mounted into Traefik.
+    let address = fa["address"].as_str().expect("address");
     assert_eq!(
-        fa["address"].as_str(),
-        Some("https://jacker-gate:8443/auth")
+        rendered_address(address, false),
+        "https://jacker-gate:8443/auth"
+    );
+    // With the replicas overlay: Traefik's own loopback entrypoint, whose router spreads the
+    // calls over the replicas (README: "Running several replicas").
+    let static_toml = toml_file(&compose_dir().join("config/traefik/traefik.toml"));
+    let pool = &static_toml["entryPoints"]["gate-pool"];
+    let pool_address = pool["address"].as_str().expect("gate-pool address");
+    assert!(pool_address.starts_with("127.0.0.1:"), "{pool_address}");
+    assert_eq!(
+        rendered_address(address, true),
+        format!("http://{pool_address}/auth")
+    );
+    assert_eq!(
+        mw["jacker-gate-public"]["forwardAuth"]["address"].as_str(),
+        Some(address)
     );
     let traefik_secrets = strs_of_secret_targets("traefik");
     let tls = fa["tls"].as_table().expect("forwardAuth.tls");
@@ -2071,9 +2098,12 @@ fn the_gate_in_its_container_listens_where_traefik_and_prometheus_dial() {
 
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
     for mw in ["jacker-gate", "jacker-gate-public"] {
+        let address = dynamic["http"]["middlewares"][mw]["forwardAuth"]["address"]
+            .as_str()
+            .expect("address");
         assert_eq!(
-            dynamic["http"]["middlewares"][mw]["forwardAuth"]["address"].as_str(),
-            Some(format!("https://jacker-gate:{port}/auth").as_str()),
+            rendered_address(address, false),
+            format!("https://jacker-gate:{port}/auth"),
             "{mw}"
         );
     }
