@@ -40,6 +40,8 @@ secrets=(
   "gate_cookie_secret:65532:cookie"           # jacker-gate (distroless nonroot)
   "oauth_client_secret:65532:oauth"           # jacker-gate
   "crowdsec_bouncer_key:65532:hex"            # jacker-gate; CrowdSec reads it as root
+  "crowdsec_bouncer_key_2:65532:hex"          # jacker-gate-2 (replicas.yml); CrowdSec as root
+  "crowdsec_bouncer_key_3:65532:hex"          # jacker-gate-3 (replicas.yml); CrowdSec as root
   "redis_gate_password:65532:hex"             # jacker-gate; Redis's start.sh reads it as root
   "redis_admin_password:1000:hex"             # Redis Commander (UID 1000); Redis healthcheck as root
   "redis_exporter_password:0:hex"             # Redis's start.sh (root)

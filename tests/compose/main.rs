@@ -93,20 +93,46 @@ fn text(out: &Output) -> String {
 
 /// `docker compose` on compose/docker-compose.yml with the sample .env (never an operator's .env).
 fn compose(profiles: &[&str], args: &[&str]) -> Output {
+    compose_files(&["docker-compose.yml"], profiles, args)
+}
+
+/// `docker compose` on the given files of compose/ (e.g. with the `replicas.yml` overlay), with
+/// the sample .env.
+fn compose_files(files: &[&str], profiles: &[&str], args: &[&str]) -> Output {
     let dir = compose_dir();
     let mut cmd = Command::new(compose_bin());
     cmd.arg("--all-resources")
         .arg("--project-directory")
-        .arg(&dir)
-        .arg("-f")
-        .arg(dir.join("docker-compose.yml"))
-        .arg("--env-file")
-        .arg(dir.join(".env.sample"));
+        .arg(&dir);
+    for file in files {
+        cmd.arg("-f").arg(dir.join(file));
+    }
+    cmd.arg("--env-file").arg(dir.join(".env.sample"));
     for p in profiles {
         cmd.args(["--profile", p]);
     }
-    cmd.args(args).env_remove("COMPOSE_PROFILES");
+    cmd.args(args)
+        .env_remove("COMPOSE_PROFILES")
+        .env_remove("COMPOSE_FILE");
     run(&mut cmd)
+}
+
+/// The resolved project with the replicas overlay (`replicas.yml`), every profile on.
+fn replicas_config() -> &'static Value {
+    static CONFIG: OnceLock<Value> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let out = compose_files(
+            &["docker-compose.yml", "replicas.yml"],
+            &["authentik"],
+            &["config", "--format", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "docker compose config with replicas.yml: {}",
+            text(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("compose config JSON")
+    })
 }
 
 /// The resolved project, every profile on.
@@ -311,6 +337,151 @@ fn compose_v2_validates_the_project_with_and_without_the_authentik_profile() {
         .collect();
     assert_eq!(default.len(), 24, "without the profile: {default:?}");
     assert!(!default.contains("authentik-server"));
+}
+
+/// The replicas overlay (`-f docker-compose.yml -f replicas.yml`, or COMPOSE_FILE in .env):
+/// three gates, each with its own CrowdSec bouncer key (mounted into CrowdSec, which registers
+/// it), all on the shared rate limit and trusting Traefik's loopback hop, on `traefik_proxy` and
+/// `cache` only; Traefik told the pool's members.
+#[test]
+fn the_replicas_overlay_has_three_gates_with_their_own_bouncer_keys_and_the_shared_limit() {
+    let files = ["docker-compose.yml", "replicas.yml"];
+    for profiles in [&[][..], &["authentik"][..]] {
+        let out = compose_files(&files, profiles, &["config", "-q"]);
+        assert!(out.status.success(), "{profiles:?}: {}", text(&out));
+    }
+    let out = compose_files(&files, &[], &["config", "--services"]);
+    let listed = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(listed, 24 + 2, "{}", text(&out));
+
+    let config = replicas_config();
+    let services = config["services"].as_object().expect("services");
+    let gate_toml = toml_file(&compose_dir().join("config/jacker-gate/jacker-gate.toml"));
+    let default_key_file = gate_toml["crowdsec"]["api_key_file"].as_str().unwrap();
+    let traefik_ip = service("traefik")["networks"]["traefik_proxy"]["ipv4_address"]
+        .as_str()
+        .unwrap();
+    let crowdsec_mounts: BTreeMap<String, String> = services["crowdsec"]["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["source"].as_str().unwrap().to_owned(), secret_path(s)))
+        .collect();
+    let mut key_secrets = BTreeSet::new();
+    let base_secrets: BTreeSet<String> = strs_of_secret_targets("jacker-gate");
+    for (name, bouncer) in [
+        ("jacker-gate", "jacker-gate"),
+        ("jacker-gate-2", "jacker-gate-2"),
+        ("jacker-gate-3", "jacker-gate-3"),
+    ] {
+        let svc = &services[name];
+        let env = &svc["environment"];
+        let key_file = env["JACKER_GATE_CROWDSEC__API_KEY_FILE"]
+            .as_str()
+            .unwrap_or(default_key_file);
+        let secret = key_file
+            .strip_prefix("/run/secrets/")
+            .unwrap_or_else(|| panic!("{name}: {key_file} is not a secret"));
+        let mounted: BTreeSet<String> = svc["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            mounted.contains(secret),
+            "{name} mounts {secret}: {mounted:?}"
+        );
+        // The other secrets are the gate's own; no other replica's key.
+        let others: BTreeSet<String> = mounted
+            .iter()
+            .filter(|s| !s.starts_with("crowdsec_bouncer_key"))
+            .map(|s| format!("/run/secrets/{s}"))
+            .collect();
+        let base: BTreeSet<String> = base_secrets
+            .iter()
+            .filter(|s| !s.contains("crowdsec_bouncer_key"))
+            .cloned()
+            .collect();
+        assert_eq!(others, base, "{name}");
+        assert_eq!(
+            mounted
+                .iter()
+                .filter(|s| s.starts_with("crowdsec_bouncer_key"))
+                .count(),
+            1,
+            "{name}: {mounted:?}"
+        );
+        assert!(
+            key_secrets.insert(secret.to_owned()),
+            "{name} shares {secret}"
+        );
+        assert_eq!(
+            crowdsec_mounts.get(secret).map(String::as_str),
+            Some(format!("/run/secrets/bouncer_key_{bouncer}").as_str()),
+            "CrowdSec registers {name}'s key: {crowdsec_mounts:?}"
+        );
+        assert_eq!(
+            env["JACKER_GATE_RATE_LIMIT__STORE"], "redis",
+            "{name}: the shared rate limit"
+        );
+        let trusted: Vec<String> =
+            serde_json::from_str(env["JACKER_GATE_SERVER__TRUSTED_PROXIES"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(
+            trusted,
+            [format!("{traefik_ip}/32"), "127.0.0.1/32".to_owned()],
+            "{name}"
+        );
+        let networks: BTreeSet<&str> = svc["networks"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            networks,
+            BTreeSet::from(["cache", "traefik_proxy"]),
+            "{name}"
+        );
+        // The same login-page labels, which Traefik's Docker provider merges into one service.
+        assert_eq!(svc["labels"], service("jacker-gate")["labels"], "{name}");
+        assert_eq!(svc["image"], service("jacker-gate")["image"], "{name}");
+        assert_eq!(
+            svc["healthcheck"],
+            service("jacker-gate")["healthcheck"],
+            "{name}"
+        );
+    }
+    assert_eq!(
+        config["secrets"]["crowdsec_bouncer_key_2"]["file"]
+            .as_str()
+            .map(|f| f.ends_with("/secrets/crowdsec_bouncer_key_2")),
+        Some(true)
+    );
+    // The default project is untouched: one gate, no pool, the single-gate trust.
+    assert!(service("jacker-gate")["environment"]
+        .get("JACKER_GATE_RATE_LIMIT__STORE")
+        .is_none());
+    assert!(service("traefik")["environment"]
+        .get("JACKER_GATE_POOL")
+        .is_none());
+    // Traefik's pool (config/traefik/dynamic/gate-pool.toml) lists the three on the gate's port.
+    let pool: Vec<&str> = services["traefik"]["environment"]["JACKER_GATE_POOL"]
+        .as_str()
+        .expect("JACKER_GATE_POOL")
+        .split_whitespace()
+        .collect();
+    let port = gate_toml["server"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert_eq!(
+        pool,
+        ["jacker-gate", "jacker-gate-2", "jacker-gate-3"].map(|n| format!("{n}:{port}"))
+    );
 }
 
 /// The architecture's monitoring matrix (26 services), jacker-gate in OAuth2-Proxy's row, and the
@@ -677,6 +848,18 @@ fn the_docker_socket_is_reached_only_through_the_socket_proxy() {
 // ---------------------------------------------------------------------------------------------
 // Traefik, CrowdSec and the gate's deployment config.
 
+/// A forwardAuth `address` of middlewares.toml as Traefik's file provider renders it, with
+/// `JACKER_GATE_POOL` set (the replicas overlay) or not: the one Go template it holds is
+/// `{{ if env "JACKER_GATE_POOL" }}POOL{{ else }}GATE{{ end }}PATH`.
+fn rendered_address(raw: &str, pool: bool) -> String {
+    let Some(rest) = raw.strip_prefix("{{ if env \"JACKER_GATE_POOL\" }}") else {
+        return raw.to_owned();
+    };
+    let (with_pool, rest) = rest.split_once("{{ else }}").expect("{{ else }}");
+    let (single, path) = rest.split_once("{{ end }}").expect("{{ end }}");
+    format!("{}{path}", if pool { with_pool } else { single })
+}
+
 #[test]
 fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
@@ -684,9 +867,24 @@ fn the_forward_auth_middleware_is_the_one_spec_describes() {
     let fa = &mw["jacker-gate"]["forwardAuth"];
     // Over TLS, so that Traefik's client speaks HTTP/2 on one connection (README: "The forwardAuth
     // hop over HTTP/2"), with the CA and Traefik's client certificate mounted into Traefik.
+    let address = fa["address"].as_str().expect("address");
     assert_eq!(
-        fa["address"].as_str(),
-        Some("https://jacker-gate:8443/auth")
+        rendered_address(address, false),
+        "https://jacker-gate:8443/auth"
+    );
+    // With the replicas overlay: Traefik's own loopback entrypoint, whose router spreads the
+    // calls over the replicas (README: "Running several replicas").
+    let static_toml = toml_file(&compose_dir().join("config/traefik/traefik.toml"));
+    let pool = &static_toml["entryPoints"]["gate-pool"];
+    let pool_address = pool["address"].as_str().expect("gate-pool address");
+    assert!(pool_address.starts_with("127.0.0.1:"), "{pool_address}");
+    assert_eq!(
+        rendered_address(address, true),
+        format!("http://{pool_address}/auth")
+    );
+    assert_eq!(
+        mw["jacker-gate-public"]["forwardAuth"]["address"].as_str(),
+        Some(address)
     );
     let traefik_secrets = strs_of_secret_targets("traefik");
     let tls = fa["tls"].as_table().expect("forwardAuth.tls");
@@ -1092,8 +1290,19 @@ fn the_secrets_script_creates_private_random_files_and_keeps_existing_ones() {
         values.insert(value);
         count += 1;
     }
-    // Every declared secret, and the CA's key, which no container mounts.
-    assert_eq!(count, config()["secrets"].as_object().unwrap().len() + 1);
+    // Every secret the project declares with the replicas overlay (the default project's and the
+    // replicas' bouncer keys), and the CA's key, which no container mounts.
+    assert_eq!(
+        count,
+        replicas_config()["secrets"].as_object().unwrap().len() + 1
+    );
+    for key in ["crowdsec_bouncer_key_2", "crowdsec_bouncer_key_3"] {
+        let value = read(&dir.join(key));
+        assert!(
+            value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
+            "{key}: {value}"
+        );
+    }
     assert!(dir.join("jacker_ca_key").exists());
     assert!(!config()["secrets"]
         .as_object()
@@ -1338,6 +1547,7 @@ fn validate_names_each_problem_and_its_fix() {
             .env("DOCKER_COMPOSE", compose_bin())
             .env("GATE_BIN", GATE)
             .env("SKIP_PORT_CHECK", "1")
+            .env_remove("COMPOSE_FILE")
             .stdin(Stdio::null()))
     };
     // Nothing prepared: every missing piece is named with its fix.
@@ -1430,6 +1640,36 @@ fn validate_names_each_problem_and_its_fix() {
         said.contains("&& ") && said.contains("secrets.sh"),
         "{said}"
     );
+
+    // With the replicas overlay in COMPOSE_FILE (.env): the project with it resolves, and the
+    // replicas' bouncer keys are checked like every secret.
+    assert!(
+        run_secrets_script(&secrets).status.success(),
+        "repairs the certificates"
+    );
+    let with_replicas = tmp.path().join("env-replicas");
+    std::fs::write(
+        &with_replicas,
+        read(&env).replace(
+            "# COMPOSE_FILE=docker-compose.yml:replicas.yml",
+            "COMPOSE_FILE=docker-compose.yml:replicas.yml",
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&with_replicas, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(secrets.join("crowdsec_bouncer_key_3")).unwrap();
+    let said = text(&validate(&with_replicas, &secrets));
+    for line in [
+        "ok    compose files: docker-compose.yml replicas.yml (three jacker-gate replicas)",
+        "ok    docker compose config",
+        "ok    secret crowdsec_bouncer_key_2",
+        "FAIL  secret crowdsec_bouncer_key_3 is missing",
+    ] {
+        assert!(said.contains(line), "{line}: {said}");
+    }
+    // Without the overlay the replicas' keys are no concern.
+    let said = text(&validate(&env, &secrets));
+    assert!(!said.contains("crowdsec_bouncer_key_3"), "{said}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2071,9 +2311,12 @@ fn the_gate_in_its_container_listens_where_traefik_and_prometheus_dial() {
 
     let dynamic = toml_file(&compose_dir().join("config/traefik/dynamic/middlewares.toml"));
     for mw in ["jacker-gate", "jacker-gate-public"] {
+        let address = dynamic["http"]["middlewares"][mw]["forwardAuth"]["address"]
+            .as_str()
+            .expect("address");
         assert_eq!(
-            dynamic["http"]["middlewares"][mw]["forwardAuth"]["address"].as_str(),
-            Some(format!("https://jacker-gate:{port}/auth").as_str()),
+            rendered_address(address, false),
+            format!("https://jacker-gate:{port}/auth"),
             "{mw}"
         );
     }

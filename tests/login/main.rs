@@ -13,6 +13,7 @@ mod support;
 mod browser;
 mod faults;
 mod login;
+mod pool;
 mod proxies;
 mod replicas;
 mod traefik;

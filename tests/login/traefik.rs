@@ -32,18 +32,18 @@ use url::Url;
 
 const APP: &str = "app.example.test";
 const PUBLIC: &str = "public.example.test";
-const AUTH: &str = "auth.example.test";
+pub(super) const AUTH: &str = "auth.example.test";
 const HOSTS: [&str; 3] = [APP, PUBLIC, AUTH];
 
 /// The identity headers the gate answers with (README: "Identity headers").
-const IDENTITY: [&str; 3] = [
+pub(super) const IDENTITY: [&str; 3] = [
     "X-Auth-Request-Email",
     "X-Auth-Request-User",
     "X-Forwarded-User",
 ];
 
 /// A client address of its own (loopback, so the test can bind it).
-fn client(last: u8) -> IpAddr {
+pub(super) fn client(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
 
@@ -79,7 +79,7 @@ fn cgi_name(header: &str) -> String {
 }
 
 /// Every value the upstream received under a name that reads as `identity` for a CGI backend.
-fn identity_values(echo: &serde_json::Value, identity: &str) -> Vec<String> {
+pub(super) fn identity_values(echo: &serde_json::Value, identity: &str) -> Vec<String> {
     let want = cgi_name(identity);
     echo["headers"]
         .as_object()
@@ -97,7 +97,7 @@ fn identity_values(echo: &serde_json::Value, identity: &str) -> Vec<String> {
 }
 
 /// Forged identity headers: every identity header in every spelling, with a value naming `who`.
-fn forged(who: &str) -> Vec<(String, String)> {
+pub(super) fn forged(who: &str) -> Vec<(String, String)> {
     IDENTITY
         .iter()
         .flat_map(|h| spellings(h))
@@ -293,7 +293,7 @@ fn stack_at(
 /// in as `user` at the provider (once: a second visit to the provider ends the walk). Panics on
 /// a loop (a URL answering with the same redirect it answered before: README, "a redirect loop is a
 /// bug") and after 15 hops. Returns every response.
-async fn navigate_all(
+pub(super) async fn navigate_all(
     browser: &Browser,
     idp: &OidcProvider,
     first: &str,
@@ -1005,7 +1005,8 @@ fn compose_routers() -> Vec<(String, String, HashMap<String, String>)> {
 /// The shipped static configuration with what cannot run here changed: loopback addresses,
 /// no ACME (a test certificate instead), no Docker provider (the labels' routers come in a
 /// file), no tracing exporter, logs in the test directory, and the API readable for the test.
-fn shipped_static(setup: &TraefikSetup, websecure: u16, metrics: u16) -> String {
+pub(super) fn shipped_static(setup: &TraefikSetup, files: &DeploymentFiles) -> String {
+    let (websecure, metrics) = (files.websecure, files.metrics);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("compose/config/traefik/traefik.toml");
     let mut config: toml::Table =
@@ -1016,6 +1017,7 @@ fn shipped_static(setup: &TraefikSetup, websecure: u16, metrics: u16) -> String 
         ("websecure", websecure),
         ("metrics", metrics),
         ("traefik", setup.admin_port()),
+        ("gate-pool", files.gate_pool),
     ] {
         entry_points[name]
             .as_table_mut()
@@ -1053,6 +1055,155 @@ fn shipped_static(setup: &TraefikSetup, websecure: u16, metrics: u16) -> String 
     config.to_string()
 }
 
+/// The deployment's Traefik files made runnable here (see [`shipped_static`]), with the secrets
+/// `compose/secrets.sh` makes, a test certificate for `*.example.test` on `websecure`, and the
+/// ports of the entrypoints that are not the harness's own.
+pub(super) struct DeploymentFiles {
+    /// The secrets directory's parent; removed on drop.
+    _secrets_dir: tempfile::TempDir,
+    secrets: std::path::PathBuf,
+    ca: support::crowdsec::pki::TestCa,
+    pub(super) websecure: u16,
+    pub(super) metrics: u16,
+    pub(super) gate_pool: u16,
+}
+
+impl DeploymentFiles {
+    /// Runs `compose/secrets.sh` as the deployment does, the gate's certificate also valid for
+    /// the loopback address the middleware dials here (the deployment dials `jacker-gate`).
+    pub(super) fn new() -> DeploymentFiles {
+        let dir = tempfile::tempdir().expect("secrets dir");
+        let made = std::process::Command::new("bash")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/secrets.sh"))
+            .arg(dir.path().join("s"))
+            .env("GATE_BIN", env!("CARGO_BIN_EXE_jacker-gate"))
+            .env("GATE_TLS_NAMES", "jacker-gate 127.0.0.1")
+            .env("OAUTH_CLIENT_SECRET", "unused")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run compose/secrets.sh");
+        assert!(made.status.success(), "{made:?}");
+        DeploymentFiles {
+            secrets: dir.path().join("s"),
+            _secrets_dir: dir,
+            ca: support::crowdsec::pki::TestCa::new("jacker-gate test CA"),
+            websecure: reserve_port(),
+            metrics: reserve_port(),
+            gate_pool: reserve_port(),
+        }
+    }
+
+    /// `text` with `/run/secrets/` pointing at the secrets made here.
+    pub(super) fn at_secrets(&self, text: &str) -> String {
+        text.replace("/run/secrets/", &format!("{}/", self.secrets.display()))
+    }
+
+    /// The `[server]` TLS lines of the deployment's gate config, at the secrets made here.
+    pub(super) fn gate_tls(&self) -> String {
+        let shipped_gate: toml::Table = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("compose/config/jacker-gate/jacker-gate.toml"),
+        )
+        .expect("read the deployment's gate config")
+        .parse()
+        .expect("TOML");
+        ["tls_cert_file", "tls_key_file", "tls_client_ca_file"]
+            .iter()
+            .map(|key| {
+                let path = shipped_gate["server"][key].as_str().expect(key);
+                format!("{key} = {:?}\n", self.at_secrets(path))
+            })
+            .collect()
+    }
+
+    /// The shipped static and dynamic files (templates and all) plus the routers of the compose
+    /// labels, in a file, as Traefik's Docker provider would make them: the labels' `jacker-gate`
+    /// service has every one of `gates` as a server (the provider merges the identical service of
+    /// several replicas into one load balancer), the other routers go to `upstream`. The single
+    /// gate's address in the middlewares is the first of `gates`.
+    pub(super) fn traefik(
+        &self,
+        setup: TraefikSetup,
+        gates: &[String],
+        upstream: &Upstream,
+    ) -> TraefikSetup {
+        let static_toml = shipped_static(&setup, self);
+        let cert = self
+            .ca
+            .server_cert(setup.dir(), "example-test", "DNS:*.example.test");
+        let mut setup = setup.static_toml(&static_toml).dynamic_file(
+            "test-tls.toml",
+            &format!(
+                "[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
+                cert.cert.display().to_string(),
+                cert.key.display().to_string()
+            ),
+        );
+        let shipped =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/config/traefik/dynamic");
+        for entry in std::fs::read_dir(shipped).expect("dynamic dir") {
+            let path = entry.expect("entry").path();
+            let text = self.at_secrets(
+                &std::fs::read_to_string(&path)
+                    .expect("read dynamic file")
+                    .replace("https://jacker-gate:8443", &gates[0])
+                    .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", self.gate_pool)),
+            );
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            setup = setup.template_file(&name, &text);
+        }
+        // The gate's service as auth.yml's labels define it: https, through the shipped
+        // serversTransport.
+        let mut labels = format!(
+            "[[http.services.upstream.loadBalancer.servers]]\nurl = \"{}\"\n\n\
+             [http.services.gate.loadBalancer]\nserversTransport = \"jacker-gate@file\"\n",
+            upstream.url()
+        );
+        for gate in gates {
+            labels.push_str(&format!(
+                "[[http.services.gate.loadBalancer.servers]]\nurl = \"{gate}\"\n"
+            ));
+        }
+        for (name, service, fields) in &compose_routers() {
+            let target = match (fields.get("service"), service.as_str()) {
+                (Some(s), _) => s.clone(),
+                (None, "jacker-gate") => "gate".to_owned(),
+                (None, _) => "upstream".to_owned(),
+            };
+            let middlewares: Vec<String> = fields
+                .get("middlewares")
+                .map(|m| m.split(',').map(|s| format!("{:?}", s.trim())).collect())
+                .unwrap_or_default();
+            labels.push_str(&format!(
+                "\n[http.routers.{name}]\nrule = {rule:?}\nentryPoints = [{eps:?}]\nservice = {target:?}\nmiddlewares = [{mws}]\ntls = {{}}\n",
+                rule = fields["rule"],
+                eps = fields["entrypoints"],
+                mws = middlewares.join(", "),
+            ));
+        }
+        setup.dynamic_file("compose-labels.toml", &labels)
+    }
+
+    /// A client from `local` that resolves every test host to Traefik and trusts the test CA.
+    pub(super) fn browser(&self, local: IpAddr) -> Browser {
+        let pem = std::fs::read(self.ca.cert()).expect("CA PEM");
+        Browser::with(|b| {
+            let b = HOSTS
+                .iter()
+                .chain(["home.example.test", "authentik.example.test"].iter())
+                .fold(b, |b, host| {
+                    b.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                });
+            b.local_address(local)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
+        })
+    }
+}
+
 /// The compose Traefik files, loaded by the Traefik version compose pins, with a gate, a
 /// provider and an upstream behind the routers of the compose labels: no error and none of the
 /// warnings the deployment must not cause, every router and middleware enabled, and through
@@ -1070,36 +1221,7 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
         "compose/edge.yml must pin the Traefik the tests run ({pinned})"
     );
 
-    let ca = support::crowdsec::pki::TestCa::new("jacker-gate test CA");
-    // The hop's TLS as compose/secrets.sh makes it, the gate's certificate also valid for the
-    // loopback address the middleware dials here (the deployment dials `jacker-gate`).
-    let secrets = tempfile::tempdir().expect("secrets dir");
-    let made = std::process::Command::new("bash")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/secrets.sh"))
-        .arg(secrets.path().join("s"))
-        .env("GATE_BIN", env!("CARGO_BIN_EXE_jacker-gate"))
-        .env("GATE_TLS_NAMES", "jacker-gate 127.0.0.1")
-        .env("OAUTH_CLIENT_SECRET", "unused")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run compose/secrets.sh");
-    assert!(made.status.success(), "{made:?}");
-    let secrets = secrets.path().join("s");
-    let at_secrets = |text: &str| text.replace("/run/secrets/", &format!("{}/", secrets.display()));
-    let shipped_gate: toml::Table = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("compose/config/jacker-gate/jacker-gate.toml"),
-    )
-    .expect("read the deployment's gate config")
-    .parse()
-    .expect("TOML");
-    let gate_tls: String = ["tls_cert_file", "tls_key_file", "tls_client_ca_file"]
-        .iter()
-        .map(|key| {
-            let path = shipped_gate["server"][key].as_str().expect(key);
-            format!("{key} = {:?}\n", at_secrets(path))
-        })
-        .collect();
+    let files = DeploymentFiles::new();
     let auth_yml = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/auth.yml"),
     )
@@ -1109,86 +1231,34 @@ async fn the_deployments_traefik_files_load_and_guard_identity_headers() {
             && auth_yml.contains("loadbalancer.server.scheme: https"),
         "the login pages' service reaches the TLS listener"
     );
-    let websecure = reserve_port();
-    let metrics = reserve_port();
+    let websecure = files.websecure;
     let routers = compose_routers();
     assert!(routers.len() >= 8, "{routers:?}");
+    // Every router names its entrypoints, so that none is reachable on one it was not meant for
+    // (such as `gate-pool`, Traefik's loopback hop to several gate replicas).
+    for (name, _, fields) in &routers {
+        assert!(
+            fields.contains_key("entrypoints"),
+            "router {name}: {fields:?}"
+        );
+    }
     let setup = Traefik::setup();
     let stack = stack_at(
         setup,
         &format!("https://{AUTH}:{websecure}"),
-        |setup, gate, upstream| {
-            let static_toml = shipped_static(&setup, websecure, metrics);
-            let cert = ca.server_cert(setup.dir(), "example-test", "DNS:*.example.test");
-            let mut setup = setup.static_toml(&static_toml).dynamic_file(
-                "test-tls.toml",
-                &format!(
-                    "[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
-                    cert.cert.display().to_string(),
-                    cert.key.display().to_string()
-                ),
-            );
-            let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("compose/config/traefik/dynamic");
-            for entry in std::fs::read_dir(shipped).expect("dynamic dir") {
-                let path = entry.expect("entry").path();
-                let text = at_secrets(
-                    &std::fs::read_to_string(&path)
-                        .expect("read dynamic file")
-                        .replace("https://jacker-gate:8443", &gate.url()),
-                );
-                let name = path
-                    .file_name()
-                    .expect("name")
-                    .to_string_lossy()
-                    .into_owned();
-                setup = setup.dynamic_file(&name, &text);
-            }
-            // The gate's service as auth.yml's labels define it: https, through the shipped
-            // serversTransport.
-            let mut labels = services(gate, upstream).replace(
-                "[[http.services.gate.loadBalancer.servers]]",
-                "[http.services.gate.loadBalancer]\nserversTransport = \"jacker-gate@file\"\n\
-                 [[http.services.gate.loadBalancer.servers]]",
-            );
-            for (name, service, fields) in &compose_routers() {
-                let target = match (fields.get("service"), service.as_str()) {
-                    (Some(s), _) => s.clone(),
-                    (None, "jacker-gate") => "gate".to_owned(),
-                    (None, _) => "upstream".to_owned(),
-                };
-                let middlewares: Vec<String> = fields
-                    .get("middlewares")
-                    .map(|m| m.split(',').map(|s| format!("{:?}", s.trim())).collect())
-                    .unwrap_or_default();
-                labels.push_str(&format!(
-                    "\n[http.routers.{name}]\nrule = {rule:?}\nentryPoints = [{eps:?}]\nservice = {target:?}\nmiddlewares = [{mws}]\ntls = {{}}\n",
-                    rule = fields["rule"],
-                    eps = fields["entrypoints"],
-                    mws = middlewares.join(", "),
-                ));
-            }
-            setup.dynamic_file("compose-labels.toml", &labels)
-        },
+        |setup, gate, upstream| files.traefik(setup, &[gate.url()], upstream),
         |g| {
             g.redirect_domains(&[&format!(".example.test:{websecure}")])
-                .server(&format!("trusted_proxies = [\"127.0.0.1/32\"]\n{gate_tls}"))
+                .server(&format!(
+                    "trusted_proxies = [\"127.0.0.1/32\"]\n{}",
+                    files.gate_tls()
+                ))
                 .extra("[[rules]]\nhost = \"authentik.example.test\"\npolicy = \"public\"\n[log]\nlevel = \"jacker_gate=debug\"\n")
         },
     );
     assert!(stack.gate.url().starts_with("https://"));
 
-    let pem = std::fs::read(ca.cert()).expect("CA PEM");
-    let browser = Browser::with(|b| {
-        let b = HOSTS
-            .iter()
-            .chain(["home.example.test", "authentik.example.test"].iter())
-            .fold(b, |b, host| {
-                b.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-            });
-        b.local_address(client(60))
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"))
-    });
+    let browser = files.browser(client(60));
     let home = format!("https://home.example.test:{websecure}/");
     let chain = navigate_all(&browser, &stack.idp, &home, ALICE).await;
     let last = chain.last().expect("chain");

@@ -77,6 +77,7 @@ pub(crate) struct LoginGate {
     log_to: Option<PathBuf>,
     extra: String,
     redis_password: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl LoginGate {
@@ -104,6 +105,7 @@ impl LoginGate {
             log_to: None,
             extra: String::new(),
             redis_password: None,
+            env: Vec::new(),
         }
     }
 
@@ -196,6 +198,13 @@ impl LoginGate {
         self
     }
 
+    /// An environment variable for the gate process, e.g. a `JACKER_GATE_*` override as a
+    /// compose file sets it.
+    pub(crate) fn env(mut self, key: &str, value: &str) -> LoginGate {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// The gate's config, with `client_secret_file` and `cookie_secret_file` under `dir`.
     pub(crate) fn toml(&self, dir: &Path) -> String {
         let list = |items: &[String]| {
@@ -266,6 +275,9 @@ cookie_domains = {cookie_domains}
     /// Writes the secrets and the config and starts the gate on its port; waits for `/healthz`.
     pub(crate) fn start(self) -> Gate {
         let mut setup = Gate::setup().port(self.port);
+        for (key, value) in &self.env {
+            setup = setup.env(key, value);
+        }
         if let Some(path) = &self.log_to {
             setup = setup.log_to(path);
         }

@@ -54,6 +54,7 @@ pub(crate) struct TraefikSetup {
     static_extra: toml::Table,
     dynamic: Vec<(String, String)>,
     routers: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TraefikSetup {
@@ -80,6 +81,26 @@ impl TraefikSetup {
             self.routers.extend(routers.keys().cloned());
         }
         self.dynamic.push((name.to_owned(), toml.to_owned()));
+        self
+    }
+
+    /// A file of the file provider's directory as it ships, Go template lines and all (Traefik
+    /// renders them at load, e.g. `{{ env "X" }}`); its routers depend on the environment, so
+    /// none is awaited unless named by [`TraefikSetup::await_router`].
+    pub(crate) fn template_file(mut self, name: &str, text: &str) -> TraefikSetup {
+        self.dynamic.push((name.to_owned(), text.to_owned()));
+        self
+    }
+
+    /// Waits at start until the file provider's router `name` is loaded.
+    pub(crate) fn await_router(mut self, name: &str) -> TraefikSetup {
+        self.routers.push(name.to_owned());
+        self
+    }
+
+    /// Sets an environment variable for Traefik (read by the dynamic files' templates).
+    pub(crate) fn env(mut self, key: &str, value: &str) -> TraefikSetup {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -163,7 +184,8 @@ watch = false
             let mut command = Command::new(&binary);
             command
                 .arg(format!("--configFile={}", static_path.display()))
-                .current_dir(&dir);
+                .current_dir(&dir)
+                .envs(self.env.iter().map(|(k, v)| (k, v)));
             peer.spawn(command);
             let admin = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
             match peer.wait_ready(START_TIMEOUT, |_| ready(admin, &self.routers)) {
@@ -237,6 +259,7 @@ impl Traefik {
             static_extra: toml::Table::new(),
             dynamic: Vec::new(),
             routers: Vec::new(),
+            env: Vec::new(),
         }
     }
 
