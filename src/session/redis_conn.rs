@@ -157,7 +157,14 @@ impl Conn {
     /// Runs `cmd` (a single-key command, or one any node answers) and returns its reply.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
-            Conn::Single { conn, .. } => cmd.query_async(&mut conn.clone()).await,
+            Conn::Single { conn, .. } => match cmd.query_async(&mut conn.clone()).await {
+                // The server restarted (or a proxy cut the connection) since the last command:
+                // the connection manager reconnects, and the command goes once more on the new
+                // connection rather than failing the request (see `SentinelMaster::query` on why
+                // every command may run twice).
+                Err(e) if retry_on_new_connection(&e) => cmd.query_async(&mut conn.clone()).await,
+                answer => answer,
+            },
             Conn::Sentinel(master) => {
                 tokio::time::timeout(overall(master.timeout), master.query(cmd))
                     .await

@@ -4,27 +4,27 @@
 //! A replica admits a request of a key in one of three ways:
 //! - from its **reserve**: tokens Redis granted it ahead, spent within [`RESERVE_TTL`];
 //! - on **loan**: admitted at once, without Redis, when the replica believes the bucket holds at
-//!   least [`Params::loan_floor`] tokens (a key it has not seen is believed full). Loans are
-//!   charged to the bucket in Redis once the key has used up its slack of them, with the next
-//!   batch; loans of a key that does not come back within [`LOAN_TTL`] are forgotten uncharged,
-//!   so a client far below its limit never costs a Redis call;
+//!   least [`Params::loan_floor`] tokens (a key it has not seen is believed full). Every loan is
+//!   charged to the bucket in Redis: with the next batch once the key has used up its slack of
+//!   them, else at most [`LOAN_TTL`] after the first, together with every other key's loans that
+//!   came due;
 //! - by **asking**: the request waits for the next batch to bring it a token.
 //!
-//! The accuracy bound: at any instant a replica holds at most `slack` tokens of a key that are
-//! granted and unspent (reserve) or spent and not yet charged (loans), and it lends only while it
-//! believes half the burst is left, so a key that is being limited gets no loans at all. What
-//! goes uncharged is at most `slack` per replica per [`LOAN_TTL`] of a key's silence there; a
-//! client fast enough to reach its limit through a load balancer is never that silent on any
-//! replica. Over any window, N replicas then admit at most `burst + per_second × t` plus about
-//! `2 × N × slack`.
+//! The accuracy bound: every admitted request spends a token the one GCRA state in Redis
+//! granted or is charged to it later; at any instant a replica holds at most `slack` tokens of a
+//! key that are granted and unspent (reserve) or spent and not yet charged (loans), and it lends
+//! only while it believes half the burst is left, so a key that is being limited gets no loans
+//! at all. Over any window, N replicas then admit at most `burst + per_second × t` plus about
+//! `2 × N × slack` (the loans outstanding at each end of it, and those whose charge ran past
+//! the burst).
 
 use std::time::{Duration, Instant};
 
 /// How long tokens taken from Redis may wait locally to be spent; unspent ones are dropped
 /// (a stricter limit, never a looser one).
 pub(super) const RESERVE_TTL: Duration = Duration::from_millis(250);
-/// How long loans wait to be charged: a key that asks nothing more of this replica within this
-/// time has its loans forgotten.
+/// How long a loan may wait to be charged: the batcher sends, with its next batch, the loans of
+/// every key whose first uncharged loan is this old.
 pub(super) const LOAN_TTL: Duration = Duration::from_secs(1);
 
 /// The limit's shape in the units the state works in.
@@ -63,8 +63,9 @@ impl Params {
 pub(super) enum Take {
     /// Admitted from the reserve.
     Reserve,
-    /// Admitted on loan.
-    Loan,
+    /// Admitted on loan; `first`: the key had no uncharged loan, so its loans are due to be
+    /// charged [`LOAN_TTL`] from now.
+    Loan { first: bool },
     /// Admitted on the last loan of the slack: the key must be queued so its loans are charged.
     LoanAndReport,
     /// Redis said the bucket is empty until then.
@@ -137,11 +138,11 @@ impl KeyState {
             Some(at) if at > now => return Take::Limited(at - now),
             _ => self.empty_until = None,
         }
-        self.forget_stale_loans(now);
         if self.unconfirmed() + self.held(now) < p.slack
             && self.tat + p.loan_floor <= now + p.tolerance
         {
-            if self.owed == 0 {
+            let first = self.owed == 0;
+            if first {
                 self.owed_since = now;
             }
             self.owed += 1;
@@ -149,7 +150,7 @@ impl KeyState {
             if self.unconfirmed() == p.slack && !self.queued {
                 return Take::LoanAndReport;
             }
-            return Take::Loan;
+            return Take::Loan { first };
         }
         Take::Ask
     }
@@ -161,11 +162,9 @@ impl KeyState {
         n
     }
 
-    /// Loans unsent for [`LOAN_TTL`] are dropped (the belief in `tat` keeps them).
-    fn forget_stale_loans(&mut self, now: Instant) {
-        if self.owed > 0 && !self.queued && self.owed_since + LOAN_TTL <= now {
-            self.owed = 0;
-        }
+    /// Whether the key's loans have waited [`LOAN_TTL`] and are not queued yet.
+    pub(super) fn loans_due(&self, now: Instant) -> bool {
+        self.owed > 0 && !self.queued && self.owed_since + LOAN_TTL <= now
     }
 
     fn held(&self, now: Instant) -> u32 {
@@ -223,8 +222,7 @@ impl KeyState {
 
     /// Whether forgetting the key changes nothing: no loan or reserve outstanding, not limited,
     /// and believed to hold at least the loan floor, as an unknown key is.
-    pub(super) fn forgettable(&mut self, now: Instant, p: &Params) -> bool {
-        self.forget_stale_loans(now);
+    pub(super) fn forgettable(&self, now: Instant, p: &Params) -> bool {
         self.unconfirmed() == 0
             && !self.queued
             && self.held(now) == 0
@@ -267,7 +265,7 @@ mod tests {
     fn an_unknown_key_gets_slack_loans_then_asks() {
         let (p, t) = (p(), Instant::now());
         let mut k = KeyState::new(t);
-        assert_eq!(k.take(t, &p), Take::Loan);
+        assert_eq!(k.take(t, &p), Take::Loan { first: true });
         assert_eq!(
             k.take(t, &p),
             Take::LoanAndReport,
@@ -362,7 +360,7 @@ mod tests {
         // 200 ms later 50 are left: loans again, each pushing the belief on.
         let later = t + ms(200);
         assert!(k.forgettable(later, &p));
-        assert_eq!(k.take(later, &p), Take::Loan);
+        assert_eq!(k.take(later, &p), Take::Loan { first: true });
         assert_eq!(k.take(later, &p), Take::Ask, "now believed below 50");
     }
 
@@ -432,7 +430,7 @@ mod tests {
         assert_eq!(k.take_batch_line(1, &p), (0, 3));
         assert_eq!(k.take(t, &p), Take::Reserve);
         assert_eq!(k.take(t, &p), Take::Reserve);
-        assert_eq!(k.take(t, &p), Take::Loan);
+        assert_eq!(k.take(t, &p), Take::Loan { first: true });
         let (served, _) = k.apply(
             Reply {
                 at: t,
@@ -452,17 +450,37 @@ mod tests {
     }
 
     #[test]
-    fn a_client_far_below_its_limit_never_reaches_redis() {
+    fn every_loan_comes_due_a_loan_ttl_after_the_first() {
         let (p, t) = (p(), Instant::now());
         let mut k = KeyState::new(t);
-        // One request a second here: each is a loan, forgotten before the next.
-        for s in 0..5 {
-            let at = t + Duration::from_secs(s);
-            assert_eq!(k.take(at, &p), Take::Loan, "second {s}");
-            assert_eq!(k.owed, 1);
-        }
-        assert!(!k.forgettable(t + ms(4999), &p), "a loan still waits");
-        assert!(k.forgettable(t + ms(5000), &p));
+        // One request every 600 ms here: the loans pile up, never forgotten.
+        assert_eq!(k.take(t, &p), Take::Loan { first: true });
+        assert!(!k.loans_due(t + LOAN_TTL - ms(1)));
+        assert_eq!(
+            k.take(t + ms(600), &p),
+            Take::LoanAndReport,
+            "the slack is used"
+        );
+        k.queued = true;
+        assert!(!k.loans_due(t + LOAN_TTL), "already queued");
+        k.queued = false;
+        assert!(k.loans_due(t + LOAN_TTL));
+        assert!(
+            !k.forgettable(t + Duration::from_secs(60), &p),
+            "uncharged loans are kept"
+        );
+        assert_eq!(k.take_batch_line(0, &p), (2, 2));
+        k.apply(
+            Reply {
+                at: t + LOAN_TTL,
+                charged: 2,
+                granted: 0,
+                ahead: ms(40),
+            },
+            0,
+            &p,
+        );
+        assert!(k.forgettable(t + LOAN_TTL, &p));
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! in Redis, updated by one Lua script, so N replicas together admit what one would.
 //!
 //! The hot path does not wait on Redis for most requests: a replica admits a key it believes
-//! well below its limit on loan and charges the bucket afterwards (or never, for a client that
-//! does not come back within a second), and one batcher task sends
+//! well below its limit on loan and charges the bucket afterwards (within a second), and one
+//! batcher task sends
 //! what every request of the replica needs from Redis in one script call per batch (per slot
 //! group on a Cluster), so the number of Redis calls follows the load's round trips, not its
 //! requests. [`key`] holds the per-key rules and the accuracy bound.
+//!
+//! Every request also takes a token from the replica's own limiter first (the same `per_second`
+//! and `burst`): one replica never needs more than the whole budget, and when Redis fails the
+//! fallback goes on from what the replica's clients already spent instead of a full burst.
 //!
 //! Invariants: the pure core only ever sees the [`Outcome`]; a Redis that fails or does not
 //! answer within [`STORE_TIMEOUT`] never turns a request into an error: a request waiting on it is
@@ -17,7 +21,7 @@
 
 mod key;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +49,8 @@ const MAX_BATCH: usize = 256;
 const SHARDS: u128 = 16;
 /// How often forgettable keys are dropped.
 const SWEEP: Duration = Duration::from_secs(1);
+/// How long the batcher sleeps when nothing is queued: loans come due at most this late.
+const IDLE: Duration = Duration::from_millis(100);
 
 /// GCRA over the server's clock (`TIME`, so the replicas' clocks do not matter), in µs.
 /// KEYS: the buckets; ARGV: the emission interval, the burst tolerance, then per key the loans to
@@ -87,6 +93,8 @@ struct Keys {
     map: HashMap<RateKey, Entry>,
     /// Keys with loans to charge or requests waiting, in arrival order.
     queue: Vec<RateKey>,
+    /// Keys that took a first uncharged loan, and when: their loans come due in this order.
+    loans: VecDeque<(Instant, RateKey)>,
 }
 
 /// The shared limit of one replica.
@@ -146,17 +154,20 @@ impl SharedLimit {
         Ok(Some(Self { inner }))
     }
 
-    /// Takes one token of `key`: from this replica's reserve, on loan, else from Redis by the
-    /// next batch, else (Redis failing) from `local`.
+    /// Takes one token of `key` from `local`, then from this replica's reserve, on loan, else
+    /// from Redis by the next batch; while Redis fails, `local`'s answer stands.
     pub(crate) async fn check(&self, key: RateKey, local: &Limiter) -> Outcome {
         let inner = &self.inner;
+        if let limited @ Outcome::Limited { .. } = local.check(key) {
+            return limited;
+        }
         let now = Instant::now();
         if inner.backing_off(now) {
-            return local.check(key);
+            return Outcome::Allowed;
         }
         let rx = {
             let mut keys = inner.keys.lock().expect("keys lock");
-            let Keys { map, queue } = &mut *keys;
+            let Keys { map, queue, loans } = &mut *keys;
             let entry = map.entry(key).or_insert_with(|| Entry {
                 state: KeyState::new(now),
                 waiters: Vec::new(),
@@ -168,7 +179,12 @@ impl SharedLimit {
                         retry_after_secs: whole_secs(wait.as_micros()),
                     }
                 }
-                Take::Loan => return Outcome::Allowed,
+                Take::Loan { first } => {
+                    if first {
+                        loans.push_back((now, key));
+                    }
+                    return Outcome::Allowed;
+                }
                 Take::LoanAndReport => None,
                 Take::Ask => {
                     let (tx, rx) = oneshot::channel();
@@ -188,8 +204,13 @@ impl SharedLimit {
         };
         match tokio::time::timeout(2 * STORE_TIMEOUT, rx).await {
             Ok(Ok(Some(outcome))) => outcome,
-            // Redis failed or the batch took too long: this replica's own budget.
-            _ => local.check(key),
+            // Redis failed: this replica's own budget, whose token the request holds.
+            Ok(_) => Outcome::Allowed,
+            // The batch before this request's took the whole timeout: Redis is as good as down.
+            Err(_) => {
+                inner.failed("no answer within two store timeouts", Instant::now());
+                Outcome::Allowed
+            }
         }
     }
 
@@ -213,15 +234,27 @@ impl SharedLimit {
 }
 
 impl Inner {
-    /// Drops keys whose state an unknown key would have anyway (their stale loans with them).
+    /// Drops keys whose state an unknown key would have anyway, and gives the memory of a past
+    /// peak back.
     fn sweep(&self) {
         let now = Instant::now();
         let p = self.params;
-        self.keys
-            .lock()
-            .expect("keys lock")
-            .map
+        let mut keys = self.keys.lock().expect("keys lock");
+        keys.map
             .retain(|_, e| !e.waiters.is_empty() || !e.state.forgettable(now, &p));
+        let len = keys.map.len();
+        if keys.map.capacity() > 1024 && keys.map.capacity() > 4 * len {
+            keys.map.shrink_to(2 * len);
+        }
+    }
+
+    /// Counts a failed call and has the replica judge by its own budget for a while.
+    fn failed(&self, error: &str, at: Instant) {
+        self.metrics.ratelimit_store_errors.inc();
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "shared rate limit: Redis failed; each replica uses its own budget until it answers");
+        }
+        *self.retry_at.lock().expect("retry lock") = Some(at + RETRY_AFTER_ERROR);
     }
 
     fn backing_off(&self, now: Instant) -> bool {
@@ -233,10 +266,25 @@ impl Inner {
                 .is_some_and(|at| now < at)
     }
 
-    /// Takes the queue: each key's loans and wanted tokens, and its waiters.
+    /// Takes the queue, with the keys whose loans came due: each key's loans and wanted
+    /// tokens, and its waiters.
     fn drain(&self) -> Vec<(Line, Vec<oneshot::Sender<Option<Outcome>>>)> {
+        let now = Instant::now();
         let mut keys = self.keys.lock().expect("keys lock");
-        let Keys { map, queue } = &mut *keys;
+        let Keys { map, queue, loans } = &mut *keys;
+        while let Some(&(at, key)) = loans.front() {
+            if at + key::LOAN_TTL > now {
+                break;
+            }
+            loans.pop_front();
+            // A key charged since (or forgotten) has nothing due, or a later entry of its own.
+            if let Some(entry) = map.get_mut(&key) {
+                if entry.state.loans_due(now) {
+                    entry.state.queued = true;
+                    queue.push(key);
+                }
+            }
+        }
         let mut lines = Vec::with_capacity(queue.len());
         for key in std::mem::take(queue) {
             let Some(entry) = map.get_mut(&key) else {
@@ -301,11 +349,7 @@ impl Inner {
                     Err(e) => e.to_string(),
                     Ok(r) => format!("{} answers for {} keys", r.len(), group.len()),
                 };
-                self.metrics.ratelimit_store_errors.inc();
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%error, "shared rate limit: Redis failed; each replica uses its own budget until it answers");
-                }
-                *self.retry_at.lock().expect("retry lock") = Some(at + RETRY_AFTER_ERROR);
+                self.failed(&error, at);
                 for (line, waiters) in group {
                     if let Some(entry) = keys.map.get_mut(&line.key) {
                         entry.state.failed(line.charge);
@@ -372,7 +416,7 @@ async fn batcher(inner: Arc<Inner>) {
         if lines.is_empty() {
             // `notify_one` keeps a wake-up that came before this wait; the timeout lets the
             // task sweep, and see when it is the limit's last owner.
-            let _ = tokio::time::timeout(SWEEP, inner.wake.notified()).await;
+            let _ = tokio::time::timeout(IDLE, inner.wake.notified()).await;
             if Arc::strong_count(&inner) == 1 {
                 return;
             }
@@ -394,8 +438,12 @@ async fn batcher(inner: Arc<Inner>) {
     }
 }
 
+/// The key's hash-tag shard: the top bits of a multiplicative hash of all 128 bits (an IPv6
+/// key is a /64 whose low half is zero, so the low bits alone would put every one in shard 0).
 fn shard(key: RateKey) -> u128 {
-    key.id() % SHARDS
+    let id = key.id();
+    let folded = (id as u64) ^ ((id >> 64) as u64);
+    u128::from(folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) % SHARDS
 }
 
 /// `jacker-gate:rl:{<shard>}<key>`: the braces are Redis Cluster's hash tag, so keys of one
@@ -423,6 +471,35 @@ fn sha1_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_of_every_kind_spread_over_the_shards() {
+        use std::collections::HashSet;
+        let limiter = Limiter::new(&RateLimit {
+            ipv6_prefix: 64,
+            ..RateLimit::default()
+        });
+        let shards =
+            |keys: Vec<RateKey>| -> HashSet<u128> { keys.into_iter().map(shard).collect() };
+        let v6: Vec<RateKey> = (0..200u16)
+            .filter_map(|i| limiter.ip_key(format!("2001:db8:{i:x}::1").parse().unwrap()))
+            .collect();
+        let v4: Vec<RateKey> = (0..200u8)
+            .filter_map(|i| limiter.ip_key(format!("198.51.100.{i}").parse().unwrap()))
+            .collect();
+        let users: Vec<RateKey> = (0..200)
+            .map(|i| limiter.user_key(&format!("user{i}@example.com")))
+            .collect();
+        for (kind, keys) in [("IPv6 /64", v6), ("IPv4", v4), ("user", users)] {
+            assert_eq!(
+                shards(keys).len(),
+                SHARDS as usize,
+                "{kind} keys use every shard"
+            );
+        }
+        let name = key_name(limiter.ip_key("2001:db8::1".parse().unwrap()).unwrap());
+        assert!(name.starts_with("jacker-gate:rl:{"), "{name}");
+    }
 
     #[test]
     fn sha1_matches_the_standard_vectors() {

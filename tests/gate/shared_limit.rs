@@ -133,9 +133,10 @@ fn auth_headers(ip: &str) -> [(&'static str, String); 4] {
 /// A client at three times its limit, its requests spread over 3 gates in turn as a load
 /// balancer spreads them, paced rather than hammering: the replicas lend it tokens while its
 /// bucket is more than half full, then ask Redis; together they still admit one budget within
-/// 10%. And clients far below their limit (one request each) never cost a Redis call.
+/// 10%. And clients far below their limit (one request each) are admitted without asking Redis,
+/// their loans charged a second later in one batch per gate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_no_redis_call() {
+async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_are_charged_in_batches() {
     let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let (per_second, burst) = (50u32, 100u32);
@@ -152,9 +153,17 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_no_red
     assert_eq!(
         script_calls(&redis),
         0,
-        "90 clients with one request each: admitted on loan, nothing charged"
+        "90 clients with one request each: admitted on loan, without asking Redis"
+    );
+    // Their loans come due a second later and go out together, one batch per gate.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let charged = script_calls(&redis);
+    assert!(
+        (1..=6).contains(&charged),
+        "90 loans charged in {charged} script calls"
     );
 
+    let before = script_calls(&redis);
     let rate = 150u32;
     let run = Duration::from_secs(3);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
@@ -175,7 +184,7 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_no_red
     let budget = f64::from(burst) + f64::from(per_second) * elapsed;
     eprintln!(
         "paced: {admitted} admitted of {sent} sent in {elapsed:.2} s; budget {budget:.0}; {} script calls",
-        script_calls(&redis)
+        script_calls(&redis) - before
     );
     assert!(
         f64::from(sent) > budget * 1.3,
@@ -187,7 +196,8 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_no_red
     );
 }
 
-/// Redis stops: the replica judges by its own budget (burst 3, then 429), counts the failures,
+/// Redis stops: the replica judges by its own budget (burst 3, then 429; a client that spent
+/// its budget before stays limited), counts the failures,
 /// and `/readyz` still answers 200 saying so; Redis comes back: the shared budget is used again
 /// (its key appears in Redis) and `/readyz` is plain "ready".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,11 +217,19 @@ async fn a_stopped_redis_falls_back_to_the_local_budget_and_recovers() {
             gate.get("/auth", &headers).await.0
         }
     };
-    assert_eq!(ask("198.51.100.1").await, 200);
+    let spent = [
+        ask("198.51.100.1").await,
+        ask("198.51.100.1").await,
+        ask("198.51.100.1").await,
+        ask("198.51.100.1").await,
+    ];
+    assert_eq!(spent, [200, 200, 200, 429], "the shared budget: burst 3");
     let (status, _, body) = gate.get("/readyz", &[]).await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
 
     redis.stop();
+    // The fallback goes on from what the client spent here, not from a full local burst.
+    assert_eq!(ask("198.51.100.1").await, 429);
     let started = Instant::now();
     let statuses = [
         ask("198.51.100.2").await,
@@ -391,4 +409,74 @@ async fn a_frozen_redis_costs_one_timeout_then_the_local_budget() {
         },
     )
     .await;
+}
+
+/// A client steering its requests: it hammers one replica, which spends the shared bucket, and
+/// sends the two others 15 requests (one fewer than their slack of loans) every 1.02 s. Each of
+/// those is admitted on loan at once, but every loan is charged to the bucket within a second,
+/// so the replicas learn it is empty and stop lending: together they still admit one budget
+/// within 10% (burst 800, 20/s: 900 over 5 s; uncharged loans made it about 1,050).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loans_on_other_replicas_are_charged_even_below_their_slack() {
+    let _exclusive = support::exclusive().await;
+    let redis = Redis::start();
+    let (per_second, burst) = (20u32, 800u32);
+    let gates: Vec<Arc<Gate>> = (0..3)
+        .map(|_| Arc::new(Gate::start(&config(&redis, per_second, burst))))
+        .collect();
+    let run = Duration::from_secs(5);
+    let admitted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    // Gate 0: hammered, it spends the shared bucket.
+    for _ in 0..2 {
+        let (gate, admitted) = (gates[0].clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = auth_headers(CLIENT);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            while start.elapsed() < run {
+                if gate.get("/auth", &headers).await.0 == 200 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Gates 1 and 2: 15 requests (slack - 1) every 1.02 s, which never fill the slack.
+    for gate in &gates[1..3] {
+        let (gate, admitted) = (gate.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = auth_headers(CLIENT);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut pulse = 0u32;
+            loop {
+                let at = Duration::from_millis(1020) * pulse;
+                if at >= run {
+                    break;
+                }
+                tokio::time::sleep_until((start + at).into()).await;
+                for _ in 0..15 {
+                    if gate.get("/auth", &headers).await.0 == 200 {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                pulse += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    let budget = f64::from(burst) + f64::from(per_second) * elapsed;
+    eprintln!(
+        "steered: {admitted} admitted in {elapsed:.2} s; budget {budget:.0} ({:.1}%)",
+        100.0 * admitted / budget
+    );
+    assert!(
+        admitted <= budget * 1.1,
+        "3 replicas admitted {admitted}, one budget over {elapsed:.2} s is {budget:.0}"
+    );
 }
