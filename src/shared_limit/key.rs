@@ -7,7 +7,8 @@
 //!   least [`Params::loan_floor`] tokens (a key it has not seen is believed full). Every loan is
 //!   charged to the bucket in Redis: with the next batch once the key has used up its slack of
 //!   them, else at most [`LOAN_TTL`] after the first, together with every other key's loans that
-//!   came due;
+//!   came due; except that a key whose only loan came due is forgiven it, at most once per
+//!   [`Params::forgive_every`] (so a client far below its limit costs no Redis call);
 //! - by **asking**: the request waits for the next batch to bring it a token.
 //!
 //! The accuracy bound: every admitted request spends a token the one GCRA state in Redis
@@ -16,7 +17,9 @@
 //! only while it believes half the burst is left, so a key that is being limited gets no loans
 //! at all. Over any window, N replicas then admit at most `burst + per_second × t` plus about
 //! `2 × N × slack` (the loans outstanding at each end of it, and those whose charge ran past
-//! the burst).
+//! the burst), plus what was forgiven: one token per key per replica per
+//! [`Params::forgive_every`] at most, a share of at most `N / 50` of `per_second × t` (and
+//! `N / burst` of the burst) over any window t.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,10 @@ pub(super) struct Params {
     /// Loans are made only while the bucket is believed to hold at least this many emissions'
     /// worth of tokens (half the burst).
     pub(super) loan_floor: Duration,
+    /// How often a key's single loan may be forgiven on one replica: 50 emissions (so at most
+    /// 2% of `per_second` per replica), and not more often than loans come due; `None` when
+    /// there are no loans.
+    pub(super) forgive_every: Option<Duration>,
 }
 
 impl Params {
@@ -49,11 +56,13 @@ impl Params {
     pub(super) fn new(per_second: u32, burst: u32) -> Self {
         let emission = Duration::from_micros((1_000_000 / u64::from(per_second.max(1))).max(1));
         let burst = burst.max(1);
+        let slack = (burst / 50).min(16);
         Params {
             emission,
             tolerance: emission * burst,
-            slack: (burst / 50).min(16),
+            slack,
             loan_floor: emission * burst.div_ceil(2),
+            forgive_every: (slack > 0).then(|| (emission * 50).max(LOAN_TTL)),
         }
     }
 }
@@ -90,6 +99,8 @@ pub(super) struct KeyState {
     /// flight.
     pub(super) owed: u32,
     pub(super) owed_since: Instant,
+    /// When this replica last forgave the key a loan.
+    pub(super) forgiven_at: Option<Instant>,
     pub(super) sending: u32,
     /// Whether the key is in the queue of the next batch.
     pub(super) queued: bool,
@@ -119,6 +130,7 @@ impl KeyState {
             tat: now,
             owed: 0,
             owed_since: now,
+            forgiven_at: None,
             sending: 0,
             queued: false,
         }
@@ -160,6 +172,25 @@ impl KeyState {
         let n = n.min(self.held(now) as usize);
         self.left -= n as u32;
         n
+    }
+
+    /// Drops the key's one due loan uncharged, at most once per [`Params::forgive_every`];
+    /// false when it has more loans or was forgiven too recently.
+    pub(super) fn forgive_single_loan(&mut self, now: Instant, p: &Params) -> bool {
+        let Some(every) = p.forgive_every else {
+            return false;
+        };
+        if self.owed == 1 && self.sending == 0 && !self.forgiven_within(now, every) {
+            self.owed = 0;
+            self.forgiven_at = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn forgiven_within(&self, now: Instant, every: Duration) -> bool {
+        self.forgiven_at.is_some_and(|at| at + every > now)
     }
 
     /// Whether the key's loans have waited [`LOAN_TTL`] and are not queued yet.
@@ -228,6 +259,8 @@ impl KeyState {
             && self.held(now) == 0
             && self.empty_until.is_none_or(|at| at <= now)
             && self.tat + p.loan_floor <= now + p.tolerance
+            // Forgotten, a key could be forgiven again at once.
+            && p.forgive_every.is_none_or(|every| !self.forgiven_within(now, every))
     }
 }
 
@@ -481,6 +514,45 @@ mod tests {
             &p,
         );
         assert!(k.forgettable(t + LOAN_TTL, &p));
+    }
+
+    #[test]
+    fn a_single_loan_is_forgiven_at_most_once_per_window() {
+        let (p, t) = (p(), Instant::now());
+        assert_eq!(
+            p.forgive_every,
+            Some(LOAN_TTL),
+            "50 emissions are 1 s at 50/s"
+        );
+        assert_eq!(
+            Params::new(10, 100).forgive_every,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            Params::new(1, 3).forgive_every,
+            None,
+            "no loans, nothing to forgive"
+        );
+        let mut k = KeyState::new(t);
+        k.take(t, &p);
+        assert!(k.forgive_single_loan(t + LOAN_TTL, &p));
+        assert!(
+            !k.forgettable(t + LOAN_TTL, &p),
+            "kept to remember the forgiveness"
+        );
+        k.take(t + LOAN_TTL, &p);
+        assert!(
+            !k.forgive_single_loan(t + ms(1999), &p),
+            "within the window: charged"
+        );
+        assert!(k.forgive_single_loan(t + ms(2000), &p));
+        assert!(k.forgettable(t + ms(3000), &p));
+        k.take(t + ms(3000), &p);
+        k.take(t + ms(3000), &p);
+        assert!(
+            !k.forgive_single_loan(t + ms(9000), &p),
+            "two loans are charged"
+        );
     }
 
     #[test]

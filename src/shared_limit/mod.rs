@@ -47,6 +47,8 @@ const MAX_BATCH: usize = 256;
 /// Hash-tag shards: on a Cluster, keys of one shard share a slot, so a batch takes one script
 /// call per shard present in it; 16 spread over any number of masters up to 16.
 const SHARDS: u128 = 16;
+/// Keys held beyond which no loan is forgiven (each forgiven key is kept for a while).
+const MAX_KEYS_FORGIVING: usize = 1 << 18;
 /// How often forgettable keys are dropped.
 const SWEEP: Duration = Duration::from_secs(1);
 /// How long the batcher sleeps when nothing is queued: loans come due at most this late.
@@ -56,8 +58,9 @@ const IDLE: Duration = Duration::from_millis(100);
 /// KEYS: the buckets; ARGV: the emission interval, the burst tolerance, then per key the loans to
 /// charge and the tokens wanted. Loans are charged whatever the bucket holds (they were admitted:
 /// the debt delays what follows); then as many of the wanted tokens as the bucket holds are
-/// granted. Per key the reply is {granted, µs the bucket's arrival time runs ahead of now}. The
-/// key expires when the bucket is full again, which is the same as it not existing.
+/// granted. The reply is flat (nested tables cost Redis twice as much per key): per key, the
+/// tokens granted and the µs the bucket's arrival time runs ahead of now. The key expires when
+/// the bucket is full again, which is the same as it not existing.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -76,7 +79,8 @@ for i, key in ipairs(KEYS) do
   if tat > now then
     redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
   end
-  out[i] = {n, tat - now}
+  out[2 * i - 1] = n
+  out[2 * i] = tat - now
 end
 return out
 ";
@@ -272,18 +276,29 @@ impl Inner {
         let now = Instant::now();
         let mut keys = self.keys.lock().expect("keys lock");
         let Keys { map, queue, loans } = &mut *keys;
+        // Forgiven keys are remembered for a while: under a flood of addresses, charge instead.
+        let may_forgive = map.len() < MAX_KEYS_FORGIVING;
         while let Some(&(at, key)) = loans.front() {
             if at + key::LOAN_TTL > now {
                 break;
             }
             loans.pop_front();
             // A key charged since (or forgotten) has nothing due, or a later entry of its own.
-            if let Some(entry) = map.get_mut(&key) {
-                if entry.state.loans_due(now) {
-                    entry.state.queued = true;
-                    queue.push(key);
-                }
+            let Some(entry) = map.get_mut(&key) else {
+                continue;
+            };
+            if !entry.state.loans_due(now) {
+                continue;
             }
+            // A client that came once: its loan is forgiven, once per window.
+            if may_forgive
+                && entry.waiters.is_empty()
+                && entry.state.forgive_single_loan(now, &self.params)
+            {
+                continue;
+            }
+            entry.state.queued = true;
+            queue.push(key);
         }
         let mut lines = Vec::with_capacity(queue.len());
         for key in std::mem::take(queue) {
@@ -307,8 +322,9 @@ impl Inner {
         let at = Instant::now();
         let mut keys = self.keys.lock().expect("keys lock");
         match reply {
-            Ok(results) if results.len() == group.len() => {
-                for ((line, waiters), (granted, ahead_us)) in group.into_iter().zip(results) {
+            Ok(results) if results.len() == 2 * group.len() => {
+                let pairs = results.chunks_exact(2).map(|p| (p[0], p[1]));
+                for ((line, waiters), (granted, ahead_us)) in group.into_iter().zip(pairs) {
                     // A key swept while its line was out is known again from this answer.
                     let entry = keys.map.entry(line.key).or_insert_with(|| Entry {
                         state: KeyState::new(at),
@@ -347,7 +363,7 @@ impl Inner {
             other => {
                 let error = match other {
                     Err(e) => e.to_string(),
-                    Ok(r) => format!("{} answers for {} keys", r.len(), group.len()),
+                    Ok(r) => format!("{} numbers for {} keys", r.len(), group.len()),
                 };
                 self.failed(&error, at);
                 for (line, waiters) in group {
@@ -363,7 +379,7 @@ impl Inner {
     }
 
     /// Runs the script (`EVALSHA`, `EVAL` when Redis does not hold it yet), within the timeout.
-    async fn call(&self, lines: &[&Line]) -> redis::RedisResult<Vec<(u64, u64)>> {
+    async fn call(&self, lines: &[&Line]) -> redis::RedisResult<Vec<u64>> {
         let p = &self.params;
         let build = |cmd: &str, first: &str| {
             let mut c = redis::cmd(cmd);
