@@ -7,8 +7,9 @@
 //!   least [`Params::loan_floor`] tokens (a key it has not seen is believed full). Every loan is
 //!   charged to the bucket in Redis: with the next batch once the key has used up its slack of
 //!   them, else at most [`LOAN_TTL`] after the first, together with every other key's loans that
-//!   came due; except that a key whose only loan came due is forgiven it, at most once per
-//!   [`Params::forgive_every`] (so a client far below its limit costs no Redis call);
+//!   came due; except that a replica forgives a key the loans that came due, and then
+//!   forgives it nothing for 50 emissions per loan forgiven (so a client far below its limit
+//!   costs no Redis call);
 //! - by **asking**: the request waits for the next batch to bring it a token.
 //!
 //! The accuracy bound: every admitted request spends a token the one GCRA state in Redis
@@ -17,9 +18,8 @@
 //! only while it believes half the burst is left, so a key that is being limited gets no loans
 //! at all. Over any window, N replicas then admit at most `burst + per_second × t` plus about
 //! `2 × N × slack` (the loans outstanding at each end of it, and those whose charge ran past
-//! the burst), plus what was forgiven: one token per key per replica per
-//! [`Params::forgive_every`] at most, a share of at most `N / 50` of `per_second × t` (and
-//! `N / burst` of the burst) over any window t.
+//! the burst), plus what was forgiven: per replica and key at most `slack + per_second × t /
+//! 50` over any window t, i.e. 2% of the budget per replica.
 
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,8 @@ pub(super) struct Params {
     /// Loans are made only while the bucket is believed to hold at least this many emissions'
     /// worth of tokens (half the burst).
     pub(super) loan_floor: Duration,
-    /// How often a key's single loan may be forgiven on one replica: 50 emissions (so at most
-    /// 2% of `per_second` per replica), and not more often than loans come due; `None` when
-    /// there are no loans.
+    /// How long a replica forgives a key nothing after forgiving it one loan: 50 emissions
+    /// (so at most 2% of `per_second` per replica); `None` when there are no loans.
     pub(super) forgive_every: Option<Duration>,
 }
 
@@ -62,7 +61,7 @@ impl Params {
             tolerance: emission * burst,
             slack,
             loan_floor: emission * burst.div_ceil(2),
-            forgive_every: (slack > 0).then(|| (emission * 50).max(LOAN_TTL)),
+            forgive_every: (slack > 0).then_some(emission * 50),
         }
     }
 }
@@ -99,8 +98,8 @@ pub(super) struct KeyState {
     /// flight.
     pub(super) owed: u32,
     pub(super) owed_since: Instant,
-    /// When this replica last forgave the key a loan.
-    pub(super) forgiven_at: Option<Instant>,
+    /// Until when this replica forgives the key nothing.
+    pub(super) forgiven_until: Option<Instant>,
     pub(super) sending: u32,
     /// Whether the key is in the queue of the next batch.
     pub(super) queued: bool,
@@ -130,7 +129,7 @@ impl KeyState {
             tat: now,
             owed: 0,
             owed_since: now,
-            forgiven_at: None,
+            forgiven_until: None,
             sending: 0,
             queued: false,
         }
@@ -174,23 +173,23 @@ impl KeyState {
         n
     }
 
-    /// Drops the key's one due loan uncharged, at most once per [`Params::forgive_every`];
-    /// false when it has more loans or was forgiven too recently.
-    pub(super) fn forgive_single_loan(&mut self, now: Instant, p: &Params) -> bool {
+    /// Drops the key's due loans uncharged, then forgives it nothing for
+    /// [`Params::forgive_every`] per loan forgiven (at least until loans can next come due);
+    /// false while that time runs.
+    pub(super) fn forgive_loans(&mut self, now: Instant, p: &Params) -> bool {
         let Some(every) = p.forgive_every else {
             return false;
         };
-        if self.owed == 1 && self.sending == 0 && !self.forgiven_within(now, every) {
-            self.owed = 0;
-            self.forgiven_at = Some(now);
-            true
-        } else {
-            false
+        if self.owed == 0 || self.sending > 0 || self.forgiving_nothing(now) {
+            return false;
         }
+        self.forgiven_until = Some(now + (every * self.owed).max(LOAN_TTL));
+        self.owed = 0;
+        true
     }
 
-    fn forgiven_within(&self, now: Instant, every: Duration) -> bool {
-        self.forgiven_at.is_some_and(|at| at + every > now)
+    fn forgiving_nothing(&self, now: Instant) -> bool {
+        self.forgiven_until.is_some_and(|until| until > now)
     }
 
     /// Whether the key's loans have waited [`LOAN_TTL`] and are not queued yet.
@@ -260,7 +259,7 @@ impl KeyState {
             && self.empty_until.is_none_or(|at| at <= now)
             && self.tat + p.loan_floor <= now + p.tolerance
             // Forgotten, a key could be forgiven again at once.
-            && p.forgive_every.is_none_or(|every| !self.forgiven_within(now, every))
+            && !self.forgiving_nothing(now)
     }
 }
 
@@ -517,17 +516,9 @@ mod tests {
     }
 
     #[test]
-    fn a_single_loan_is_forgiven_at_most_once_per_window() {
+    fn forgiven_loans_buy_fifty_emissions_each_of_forgiving_nothing() {
         let (p, t) = (p(), Instant::now());
-        assert_eq!(
-            p.forgive_every,
-            Some(LOAN_TTL),
-            "50 emissions are 1 s at 50/s"
-        );
-        assert_eq!(
-            Params::new(10, 100).forgive_every,
-            Some(Duration::from_secs(5))
-        );
+        assert_eq!(p.forgive_every, Some(ms(1000)), "50 emissions at 50/s");
         assert_eq!(
             Params::new(1, 3).forgive_every,
             None,
@@ -535,23 +526,35 @@ mod tests {
         );
         let mut k = KeyState::new(t);
         k.take(t, &p);
-        assert!(k.forgive_single_loan(t + LOAN_TTL, &p));
-        assert!(
-            !k.forgettable(t + LOAN_TTL, &p),
-            "kept to remember the forgiveness"
-        );
+        assert!(k.forgive_loans(t + LOAN_TTL, &p));
+        assert!(!k.forgettable(t + LOAN_TTL, &p), "kept to remember it");
         k.take(t + LOAN_TTL, &p);
-        assert!(
-            !k.forgive_single_loan(t + ms(1999), &p),
-            "within the window: charged"
-        );
-        assert!(k.forgive_single_loan(t + ms(2000), &p));
-        assert!(k.forgettable(t + ms(3000), &p));
+        assert!(!k.forgive_loans(t + ms(1999), &p), "within 1 s: charged");
+        assert!(k.forgive_loans(t + ms(2000), &p));
         k.take(t + ms(3000), &p);
         k.take(t + ms(3000), &p);
+        k.queued = false;
+        assert!(k.forgive_loans(t + ms(4000), &p), "two loans");
+        assert_eq!(k.forgiven_until, Some(t + ms(6000)), "two seconds for two");
+        assert!(!k.forgettable(t + ms(5999), &p));
+        assert!(k.forgettable(t + ms(6000), &p));
+        // Over any span, what is forgiven stays within slack + per_second × t / 50.
+        let mut k = KeyState::new(t);
+        let mut forgiven = 0;
+        for i in 0..200u64 {
+            let at = t + ms(50 * i);
+            if k.take(at, &p) == Take::LoanAndReport {
+                k.queued = false;
+            }
+            let owed = k.owed;
+            if k.loans_due(at) && k.forgive_loans(at, &p) {
+                forgiven += owed;
+            }
+        }
+        // slack + per_second × t / 50, with t = 10 s: 2 + 10.
         assert!(
-            !k.forgive_single_loan(t + ms(9000), &p),
-            "two loans are charged"
+            (1..=p.slack + 10).contains(&forgiven),
+            "{forgiven} forgiven in 10 s"
         );
     }
 

@@ -43,7 +43,7 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// The key prefix of the buckets.
 pub(crate) const KEY_PREFIX: &str = "jacker-gate:rl:";
 /// Keys per script call: bounds how long one call keeps Redis busy (about 1 µs per key).
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 128;
 /// Hash-tag shards: on a Cluster, keys of one shard share a slot, so a batch takes one script
 /// call per shard present in it; 16 spread over any number of masters up to 16.
 const SHARDS: u128 = 16;
@@ -113,7 +113,9 @@ struct Inner {
     /// The script's SHA-1, hex, for `EVALSHA`.
     script_sha: String,
     params: Params,
-    keys: Mutex<Keys>,
+    /// One lock per hash-tag shard: a request, the sweep and a batch's answers hold only the
+    /// shard of the key at hand, so none waits on the whole map.
+    keys: Vec<Mutex<Keys>>,
     /// Wakes the batcher when the queue gains a key.
     wake: Notify,
     /// Set while Redis fails; cleared by the first answer.
@@ -148,7 +150,7 @@ impl SharedLimit {
             conn,
             script_sha: sha1_hex(SCRIPT.as_bytes()),
             params: Params::new(config.per_second, config.burst),
-            keys: Mutex::new(Keys::default()),
+            keys: (0..SHARDS).map(|_| Mutex::new(Keys::default())).collect(),
             wake: Notify::new(),
             failing: AtomicBool::new(false),
             retry_at: Mutex::new(None),
@@ -170,7 +172,7 @@ impl SharedLimit {
             return Outcome::Allowed;
         }
         let rx = {
-            let mut keys = inner.keys.lock().expect("keys lock");
+            let mut keys = inner.shard_of(key);
             let Keys { map, queue, loans } = &mut *keys;
             let entry = map.entry(key).or_insert_with(|| Entry {
                 state: KeyState::new(now),
@@ -241,15 +243,22 @@ impl Inner {
     /// Drops keys whose state an unknown key would have anyway, and gives the memory of a past
     /// peak back.
     fn sweep(&self) {
-        let now = Instant::now();
         let p = self.params;
-        let mut keys = self.keys.lock().expect("keys lock");
-        keys.map
-            .retain(|_, e| !e.waiters.is_empty() || !e.state.forgettable(now, &p));
-        let len = keys.map.len();
-        if keys.map.capacity() > 1024 && keys.map.capacity() > 4 * len {
-            keys.map.shrink_to(2 * len);
+        for shard in &self.keys {
+            let now = Instant::now();
+            let mut keys = shard.lock().expect("keys lock");
+            keys.map
+                .retain(|_, e| !e.waiters.is_empty() || !e.state.forgettable(now, &p));
+            let len = keys.map.len();
+            if keys.map.capacity() > 1024 && keys.map.capacity() > 4 * len {
+                keys.map.shrink_to(2 * len);
+            }
         }
+    }
+
+    /// The locked shard that holds `key`.
+    fn shard_of(&self, key: RateKey) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys[shard(key) as usize].lock().expect("keys lock")
     }
 
     /// Counts a failed call and has the replica judge by its own budget for a while.
@@ -273,11 +282,22 @@ impl Inner {
     /// Takes the queue, with the keys whose loans came due: each key's loans and wanted
     /// tokens, and its waiters.
     fn drain(&self) -> Vec<(Line, Vec<oneshot::Sender<Option<Outcome>>>)> {
+        let mut lines = Vec::new();
+        for shard in &self.keys {
+            self.drain_shard(&mut shard.lock().expect("keys lock"), &mut lines);
+        }
+        lines
+    }
+
+    fn drain_shard(
+        &self,
+        keys: &mut Keys,
+        lines: &mut Vec<(Line, Vec<oneshot::Sender<Option<Outcome>>>)>,
+    ) {
         let now = Instant::now();
-        let mut keys = self.keys.lock().expect("keys lock");
-        let Keys { map, queue, loans } = &mut *keys;
+        let Keys { map, queue, loans } = keys;
         // Forgiven keys are remembered for a while: under a flood of addresses, charge instead.
-        let may_forgive = map.len() < MAX_KEYS_FORGIVING;
+        let may_forgive = map.len() < MAX_KEYS_FORGIVING / SHARDS as usize;
         while let Some(&(at, key)) = loans.front() {
             if at + key::LOAN_TTL > now {
                 break;
@@ -290,17 +310,16 @@ impl Inner {
             if !entry.state.loans_due(now) {
                 continue;
             }
-            // A client that came once: its loan is forgiven, once per window.
+            // A client far below its limit: its loans are forgiven, now and then.
             if may_forgive
                 && entry.waiters.is_empty()
-                && entry.state.forgive_single_loan(now, &self.params)
+                && entry.state.forgive_loans(now, &self.params)
             {
                 continue;
             }
             entry.state.queued = true;
             queue.push(key);
         }
-        let mut lines = Vec::with_capacity(queue.len());
         for key in std::mem::take(queue) {
             let Some(entry) = map.get_mut(&key) else {
                 continue;
@@ -312,7 +331,6 @@ impl Inner {
                 lines.push((Line { key, charge, want }, waiters));
             }
         }
-        lines
     }
 
     /// Sends one group of lines (one slot on a Cluster) and settles its keys and waiters.
@@ -320,11 +338,11 @@ impl Inner {
         let lines: Vec<&Line> = group.iter().map(|(l, _)| l).collect();
         let reply = self.call(&lines).await;
         let at = Instant::now();
-        let mut keys = self.keys.lock().expect("keys lock");
         match reply {
             Ok(results) if results.len() == 2 * group.len() => {
                 let pairs = results.chunks_exact(2).map(|p| (p[0], p[1]));
                 for ((line, waiters), (granted, ahead_us)) in group.into_iter().zip(pairs) {
+                    let mut keys = self.shard_of(line.key);
                     // A key swept while its line was out is known again from this answer.
                     let entry = keys.map.entry(line.key).or_insert_with(|| Entry {
                         state: KeyState::new(at),
@@ -367,7 +385,7 @@ impl Inner {
                 };
                 self.failed(&error, at);
                 for (line, waiters) in group {
-                    if let Some(entry) = keys.map.get_mut(&line.key) {
+                    if let Some(entry) = self.shard_of(line.key).map.get_mut(&line.key) {
                         entry.state.failed(line.charge);
                     }
                     for w in waiters {
