@@ -251,6 +251,8 @@ impl RateStoreKeys {
                     "rate_limit.redis_password_file",
                     "needs rate_limit.redis_url (the session store's URL has its own password)",
                 ),
+                // The session's URL was refused: that problem is listed already.
+                Store::Memory if cx.has_error("session.redis_url") => {}
                 Store::Memory => cx.err(
                     "rate_limit.redis_url",
                     "required when rate_limit.store = \"redis\" and session.store is not \"redis\"",
@@ -371,6 +373,17 @@ impl AuthKeys {
             for key in self.written {
                 c.ignored.0.push(format!(
                     "{key}: has no effect while auth.provider is unset (login is off)"
+                ));
+            }
+            if matches!(c.session.store, Store::Redis(_)) {
+                let used = if c.shared_limit.is_some() {
+                    " (rate_limit.store = \"redis\" still uses its Redis)"
+                } else {
+                    ""
+                };
+                c.ignored.0.push(format!(
+                    "session.store: no session is kept while auth.provider is unset (login is \
+                     off){used}"
                 ));
             }
             return None;

@@ -27,6 +27,13 @@ impl<'a> Cx<'a> {
         Self { errors, env_keys }
     }
 
+    /// Whether a problem with the dotted `key` was recorded already.
+    pub(super) fn has_error(&self, key: &str) -> bool {
+        self.errors
+            .iter()
+            .any(|e| e.key.split(' ').next() == Some(key))
+    }
+
     /// Records a problem with the dotted `key`.
     pub(super) fn err(&mut self, key: &str, message: impl Into<String>) {
         let key = if self.env_keys.contains(key) {

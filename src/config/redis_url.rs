@@ -1,7 +1,7 @@
 //! `session.redis_url`: one Redis (`redis://`), a Sentinel set (`redis+sentinel://`) or a
 //! Cluster (`redis+cluster://`), parsed at load into a [`RedisTarget`] so that `check-config`
 //! refuses what `run` could not connect with. A password never comes from the URL (it would
-//! end up in logs and `check-config`'s output): only from `session.redis_password_file`.
+//! end up in logs and `check-config`'s output): only from a `redis_password_file` key.
 
 use std::fmt;
 
@@ -176,7 +176,7 @@ fn single(text: &str) -> Result<(), String> {
         .query_pairs()
         .any(|(k, _)| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass"));
     if u.password().is_some() || password_in_query {
-        return Err("must not hold a password; use session.redis_password_file".to_owned());
+        return Err("must not hold a password; name a file holding it in the redis_password_file next to this URL".to_owned());
     }
     redis::IntoConnectionInfo::into_connection_info(text)
         .map_err(|e| format!("not a Redis URL: {e}"))?;
@@ -200,7 +200,7 @@ fn split(rest: &str, default_port: u16) -> Result<(Option<String>, Hosts, &str),
     let mut problems = Vec::new();
     let username = match user {
         Some(u) if u.contains(':') => {
-            return Err("must not hold a password; use session.redis_password_file".to_owned())
+            return Err("must not hold a password; name a file holding it in the redis_password_file next to this URL".to_owned())
         }
         Some(u) if u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b'%') => {
             problems.push("the user name must be printable ASCII, not empty".to_owned());

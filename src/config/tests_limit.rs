@@ -95,3 +95,55 @@ fn redis_keys_without_redis_store_are_warned_about() {
         c.warnings()
     );
 }
+
+#[test]
+fn a_refused_session_url_is_one_problem_not_also_a_missing_rate_limit_url() {
+    let errs = problems(
+        "[rate_limit]\nstore = \"redis\"\n[session]\nstore = \"redis\"\n\
+         redis_url = \"redis+sentinel://s1:26379\"\n",
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("session.redis_url:")),
+        "{errs:?}"
+    );
+    assert!(
+        !errs.iter().any(|e| e.starts_with("rate_limit.redis_url")),
+        "{errs:?}"
+    );
+    let errs =
+        problems("[rate_limit]\nstore = \"redis\"\nredis_url = \"redis://gate:pw@r:6379\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("rate_limit.redis_url:")
+                && e.contains("redis_password_file next to")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn redis_sessions_without_login_are_warned_about() {
+    let c = parse(
+        "[session]\nstore = \"redis\"\nredis_url = \"redis://r:6379\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("session.store: no session is kept")),
+        "{:?}",
+        c.warnings()
+    );
+    let c = parse(
+        "[rate_limit]\nstore = \"redis\"\n[session]\nstore = \"redis\"\nredis_url = \"redis://r:6379\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("rate_limit.store = \"redis\" still uses")),
+        "{:?}",
+        c.warnings()
+    );
+}

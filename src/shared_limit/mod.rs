@@ -233,7 +233,7 @@ impl SharedLimit {
         )
         .await;
         if matches!(ping, Ok(Ok(_))) {
-            inner.failing.store(false, Ordering::Relaxed);
+            inner.recovered();
         }
         inner.failing.load(Ordering::Relaxed)
     }
@@ -259,6 +259,13 @@ impl Inner {
     /// The locked shard that holds `key`.
     fn shard_of(&self, key: RateKey) -> std::sync::MutexGuard<'_, Keys> {
         self.keys[shard(key) as usize].lock().expect("keys lock")
+    }
+
+    /// Redis answered: the shared budget again, said once.
+    fn recovered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("shared rate limit: Redis answers again; back on the shared budget");
+        }
     }
 
     /// Counts a failed call and has the replica judge by its own budget for a while.
@@ -431,7 +438,7 @@ impl Inner {
                     "Redis did not answer in time",
                 ))
             })??;
-        self.failing.store(false, Ordering::Relaxed);
+        self.recovered();
         Ok(reply)
     }
 }
