@@ -147,3 +147,31 @@ fn redis_sessions_without_login_are_warned_about() {
         c.warnings()
     );
 }
+
+#[test]
+fn a_shared_rate_above_ten_thousand_a_second_says_what_it_becomes() {
+    let c = parse(
+        "[rate_limit]\nper_second = 150000\nburst = 300000\nstore = \"redis\"\nredis_url = \"redis://r\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("150000/s is enforced as 142857/s")),
+        "{:?}",
+        c.warnings()
+    );
+    let c = parse(
+        "[rate_limit]\nper_second = 10000\nstore = \"redis\"\nredis_url = \"redis://r\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        !c.warnings()
+            .iter()
+            .any(|w| w.starts_with("rate_limit.per_second")),
+        "{:?}",
+        c.warnings()
+    );
+}

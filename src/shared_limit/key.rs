@@ -53,7 +53,10 @@ pub(super) struct Params {
 impl Params {
     /// `per_second` ≥ 1, `burst` ≥ 1.
     pub(super) fn new(per_second: u32, burst: u32) -> Self {
-        let emission = Duration::from_micros((1_000_000 / u64::from(per_second.max(1))).max(1));
+        // Redis counts in whole µs: rounded up, the shared limit is at most that much stricter,
+        // never looser (1% above 10,000/s; `Config::warnings` says so beyond).
+        let emission =
+            Duration::from_micros(1_000_000_u64.div_ceil(u64::from(per_second.max(1))).max(1));
         let burst = burst.max(1);
         let slack = (burst / 100).min(16);
         Params {
@@ -292,6 +295,12 @@ mod tests {
         assert_eq!(Params::new(1, 3).slack, 0);
         assert_eq!(Params::new(50, 99).slack, 0);
         assert_eq!(Params::new(1000, 100_000).slack, 16);
+        // Rounded up to whole µs: stricter, never looser.
+        assert_eq!(
+            Params::new(150_000, 300_000).emission,
+            Duration::from_micros(7)
+        );
+        assert_eq!(Params::new(3, 3).emission, Duration::from_micros(333_334));
         // Each replica adds at most 3 slacks over a short window (a reserve at its start, loans
         // in flight at its end, one forgiveness): 3 replicas stay within 10% of the burst.
         for burst in [1, 10, 49, 50, 100, 999, 5000] {
