@@ -144,7 +144,7 @@ impl KeyState {
 
     /// One request of this key at `now`.
     pub(super) fn take(&mut self, now: Instant, p: &Params) -> Take {
-        if self.left > 0 && self.until > now {
+        if self.held(now) > 0 {
             self.left -= 1;
             return Take::Reserve;
         }
@@ -152,9 +152,7 @@ impl KeyState {
             Some(at) if at > now => return Take::Limited(at - now),
             _ => self.empty_until = None,
         }
-        if self.unconfirmed() + self.held(now) < p.slack
-            && self.tat + p.loan_floor <= now + p.tolerance
-        {
+        if self.unconfirmed() + self.held(now) < p.slack && self.above_loan_floor(now, p) {
             let first = self.owed == 0;
             if first {
                 self.owed_since = now;
@@ -201,6 +199,11 @@ impl KeyState {
         self.owed > 0 && !self.queued && self.owed_since + LOAN_TTL <= now
     }
 
+    /// Whether the bucket is believed to hold at least [`Params::loan_floor`] at `now`.
+    fn above_loan_floor(&self, now: Instant, p: &Params) -> bool {
+        self.tat + p.loan_floor <= now + p.tolerance
+    }
+
     fn held(&self, now: Instant) -> u32 {
         if self.until > now {
             self.left
@@ -236,8 +239,7 @@ impl KeyState {
         extra -= settled;
         // What the replica holds never exceeds the slack (the excess is dropped: stricter only).
         let room = p.slack.saturating_sub(self.unconfirmed());
-        self.left = if self.until > r.at { self.left } else { 0 };
-        self.left = (self.left + extra).min(room);
+        self.left = (self.held(r.at) + extra).min(room);
         if extra > 0 {
             self.until = r.at + RESERVE_TTL;
         }
@@ -261,7 +263,7 @@ impl KeyState {
             && !self.queued
             && self.held(now) == 0
             && self.empty_until.is_none_or(|at| at <= now)
-            && self.tat + p.loan_floor <= now + p.tolerance
+            && self.above_loan_floor(now, p)
             // Forgotten, a key could be forgiven again at once.
             && !self.forgiving_nothing(now)
     }

@@ -92,6 +92,22 @@ struct Entry {
     waiters: Vec<oneshot::Sender<Option<Outcome>>>,
 }
 
+impl Entry {
+    /// A key this replica knows nothing of.
+    fn new(now: Instant) -> Self {
+        Entry {
+            state: KeyState::new(now),
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Whether dropping the entry changes nothing: no request waits and the state is one an
+    /// unknown key would have.
+    fn forgettable(&self, now: Instant, p: &Params) -> bool {
+        self.waiters.is_empty() && self.state.forgettable(now, p)
+    }
+}
+
 #[derive(Default)]
 struct Keys {
     map: HashMap<RateKey, Entry>,
@@ -174,10 +190,7 @@ impl SharedLimit {
         let rx = {
             let mut keys = inner.shard_of(key);
             let Keys { map, queue, loans } = &mut *keys;
-            let entry = map.entry(key).or_insert_with(|| Entry {
-                state: KeyState::new(now),
-                waiters: Vec::new(),
-            });
+            let entry = map.entry(key).or_insert_with(|| Entry::new(now));
             let rx = match entry.state.take(now, &inner.params) {
                 Take::Reserve => return Outcome::Allowed,
                 Take::Limited(wait) => {
@@ -247,8 +260,7 @@ impl Inner {
         for shard in &self.keys {
             let now = Instant::now();
             let mut keys = shard.lock().expect("keys lock");
-            keys.map
-                .retain(|_, e| !e.waiters.is_empty() || !e.state.forgettable(now, &p));
+            keys.map.retain(|_, e| !e.forgettable(now, &p));
             let len = keys.map.len();
             if keys.map.capacity() > 1024 && keys.map.capacity() > 4 * len {
                 keys.map.shrink_to(2 * len);
@@ -351,10 +363,7 @@ impl Inner {
                 for ((line, waiters), (granted, ahead_us)) in group.into_iter().zip(pairs) {
                     let mut keys = self.shard_of(line.key);
                     // A key swept while its line was out is known again from this answer.
-                    let entry = keys.map.entry(line.key).or_insert_with(|| Entry {
-                        state: KeyState::new(at),
-                        waiters: Vec::new(),
-                    });
+                    let entry = keys.map.entry(line.key).or_insert_with(|| Entry::new(at));
                     let reply = Reply {
                         at,
                         charged: line.charge,
@@ -380,7 +389,7 @@ impl Inner {
                     for w in entry.waiters.drain(..ready) {
                         let _ = w.send(Some(Outcome::Allowed));
                     }
-                    if entry.waiters.is_empty() && entry.state.forgettable(at, &self.params) {
+                    if entry.forgettable(at, &self.params) {
                         keys.map.remove(&line.key);
                     }
                 }

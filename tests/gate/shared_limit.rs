@@ -31,9 +31,7 @@ async fn three_replicas_admit_one_budget_within_ten_percent() {
     let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let (per_second, burst) = (50u32, 100u32);
-    let gates: Vec<Arc<Gate>> = (0..3)
-        .map(|_| Arc::new(Gate::start(&config(&redis, per_second, burst))))
-        .collect();
+    let gates = replicas(&redis, per_second, burst);
     let run = Duration::from_secs(3);
     let admitted = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -43,14 +41,8 @@ async fn three_replicas_admit_one_budget_within_ten_percent() {
     for gate in gates.iter().chain(gates.iter()) {
         let (gate, admitted, sent) = (gate.clone(), admitted.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
-            let headers = [
-                ("X-Forwarded-For", CLIENT),
-                ("X-Forwarded-Method", "GET"),
-                ("X-Forwarded-Host", "app.example.com"),
-                ("X-Forwarded-Uri", "/"),
-            ];
             while start.elapsed() < run {
-                let (status, _, _) = gate.get("/auth", &headers).await;
+                let status = ask(&gate, CLIENT).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 match status {
                     200 => {
@@ -121,13 +113,22 @@ fn script_calls(redis: &Redis) -> u64 {
         .sum()
 }
 
-fn auth_headers(ip: &str) -> [(&'static str, String); 4] {
-    [
-        ("X-Forwarded-For", ip.to_string()),
-        ("X-Forwarded-Method", "GET".into()),
-        ("X-Forwarded-Host", "app.example.com".into()),
-        ("X-Forwarded-Uri", "/".into()),
-    ]
+/// `/auth` at `gate` for the client `ip` (from a trusted peer) on a public route: the status.
+async fn ask(gate: &Gate, ip: &str) -> u16 {
+    let headers = [
+        ("X-Forwarded-For", ip),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Host", "app.example.com"),
+        ("X-Forwarded-Uri", "/"),
+    ];
+    gate.get("/auth", &headers).await.0
+}
+
+/// Three gates sharing `redis` with the limit `per_second`, `burst`.
+fn replicas(redis: &Redis, per_second: u32, burst: u32) -> Vec<Arc<Gate>> {
+    (0..3)
+        .map(|_| Arc::new(Gate::start(&config(redis, per_second, burst))))
+        .collect()
 }
 
 /// A client at three times its limit, its requests spread over 3 gates in turn as a load
@@ -140,9 +141,7 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_little
     let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let (per_second, burst) = (50u32, 100u32);
-    let gates: Vec<Gate> = (0..3)
-        .map(|_| Gate::start(&config(&redis, per_second, burst)))
-        .collect();
+    let gates = replicas(&redis, per_second, burst);
 
     // 90 clients, each at one gate. One request each: admitted on loan; a second later the
     // loans come due and, each key's only one, are forgiven: no script call at all. Then two
@@ -151,11 +150,8 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_little
     let each = async |requests: usize| {
         for i in 0..90u32 {
             let ip = format!("198.51.100.{}", 10 + i);
-            let headers = auth_headers(&ip);
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             for _ in 0..requests {
-                assert_eq!(gates[i as usize % 3].get("/auth", &headers).await.0, 200);
+                assert_eq!(ask(&gates[i as usize % 3], &ip).await, 200);
             }
         }
     };
@@ -178,13 +174,11 @@ async fn paced_clients_across_replicas_get_one_budget_and_quiet_ones_cost_little
     let rate = 150u32;
     let run = Duration::from_secs(3);
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-    let headers = auth_headers(CLIENT);
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut sent, mut admitted) = (0u32, 0u32);
     let start = Instant::now();
     while start.elapsed() < run {
         tick.tick().await;
-        match gates[sent as usize % 3].get("/auth", &headers).await.0 {
+        match ask(&gates[sent as usize % 3], CLIENT).await {
             200 => admitted += 1,
             429 => {}
             other => panic!("unexpected status {other}"),
@@ -216,18 +210,7 @@ async fn a_stopped_redis_falls_back_to_the_local_budget_and_recovers() {
     let _exclusive = support::exclusive().await;
     let mut redis = Redis::start();
     let gate = Gate::start(&config(&redis, 1, 3));
-    let ask = |ip: &'static str| {
-        let gate = &gate;
-        async move {
-            let headers = [
-                ("X-Forwarded-For", ip),
-                ("X-Forwarded-Method", "GET"),
-                ("X-Forwarded-Host", "app.example.com"),
-                ("X-Forwarded-Uri", "/"),
-            ];
-            gate.get("/auth", &headers).await.0
-        }
-    };
+    let ask = |ip| ask(&gate, ip);
     let spent = [
         ask("198.51.100.1").await,
         ask("198.51.100.1").await,
@@ -313,14 +296,8 @@ async fn on_a_cluster_the_acl_user_shares_one_budget() {
     for gate in &gates {
         let (gate, admitted) = (gate.clone(), admitted.clone());
         tasks.push(tokio::spawn(async move {
-            let headers = [
-                ("X-Forwarded-For", CLIENT),
-                ("X-Forwarded-Method", "GET"),
-                ("X-Forwarded-Host", "app.example.com"),
-                ("X-Forwarded-Uri", "/"),
-            ];
             while start.elapsed() < Duration::from_secs(2) {
-                if gate.get("/auth", &headers).await.0 == 200 {
+                if ask(&gate, CLIENT).await == 200 {
                     admitted.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -337,13 +314,7 @@ async fn on_a_cluster_the_acl_user_shares_one_budget() {
     // node; every client is admitted and the buckets spread over the masters.
     let asks = (0..48u32).map(|i| {
         let gate = gates[i as usize % 2].clone();
-        async move {
-            let ip = format!("198.51.100.{}", 10 + i);
-            let headers = auth_headers(&ip);
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            gate.get("/auth", &headers).await.0
-        }
+        async move { ask(&gate, &format!("198.51.100.{}", 10 + i)).await }
     });
     let statuses = futures_util::future::join_all(asks).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -379,24 +350,12 @@ async fn a_frozen_redis_costs_one_timeout_then_the_local_budget() {
     let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let gate = Gate::start(&config(&redis, 1, 3));
-    let headers = [
-        ("X-Forwarded-For", "198.51.100.9"),
-        ("X-Forwarded-Method", "GET"),
-        ("X-Forwarded-Host", "app.example.com"),
-        ("X-Forwarded-Uri", "/"),
-    ];
-    let other = [
-        ("X-Forwarded-For", "198.51.100.10"),
-        headers[1],
-        headers[2],
-        headers[3],
-    ];
-    assert_eq!(gate.get("/auth", &other).await.0, 200, "connected to Redis");
+    assert_eq!(ask(&gate, "198.51.100.10").await, 200, "connected to Redis");
     redis.pause();
     let started = Instant::now();
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(gate.get("/auth", &headers).await.0);
+        statuses.push(ask(&gate, "198.51.100.9").await);
     }
     let took = started.elapsed();
     let (status, _, body) = gate.get("/readyz", &[]).await;
@@ -432,9 +391,7 @@ async fn loans_on_other_replicas_are_charged_even_below_their_slack() {
     let _exclusive = support::exclusive().await;
     let redis = Redis::start();
     let (per_second, burst) = (20u32, 800u32);
-    let gates: Vec<Arc<Gate>> = (0..3)
-        .map(|_| Arc::new(Gate::start(&config(&redis, per_second, burst))))
-        .collect();
+    let gates = replicas(&redis, per_second, burst);
     let run = Duration::from_secs(5);
     let admitted = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -443,11 +400,8 @@ async fn loans_on_other_replicas_are_charged_even_below_their_slack() {
     for _ in 0..2 {
         let (gate, admitted) = (gates[0].clone(), admitted.clone());
         tasks.push(tokio::spawn(async move {
-            let headers = auth_headers(CLIENT);
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             while start.elapsed() < run {
-                if gate.get("/auth", &headers).await.0 == 200 {
+                if ask(&gate, CLIENT).await == 200 {
                     admitted.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -457,9 +411,6 @@ async fn loans_on_other_replicas_are_charged_even_below_their_slack() {
     for gate in &gates[1..3] {
         let (gate, admitted) = (gate.clone(), admitted.clone());
         tasks.push(tokio::spawn(async move {
-            let headers = auth_headers(CLIENT);
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut pulse = 0u32;
             loop {
                 let at = Duration::from_millis(1020) * pulse;
@@ -468,7 +419,7 @@ async fn loans_on_other_replicas_are_charged_even_below_their_slack() {
                 }
                 tokio::time::sleep_until((start + at).into()).await;
                 for _ in 0..15 {
-                    if gate.get("/auth", &headers).await.0 == 200 {
+                    if ask(&gate, CLIENT).await == 200 {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }

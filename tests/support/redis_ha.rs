@@ -156,6 +156,15 @@ fn try_cli(port: u16, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `127.0.0.1:P1,127.0.0.1:P2,...`: the host list of a Sentinel or Cluster URL.
+fn loopback_hosts(nodes: &[Node]) -> String {
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    hosts.join(",")
+}
+
 /// The options every data node shares: loopback, no persistence, the admin and gate users.
 fn data_node_args(port: u16, dir: &Path, gate_extra: &str) -> Vec<String> {
     let mut args: Vec<String> = [
@@ -262,14 +271,9 @@ impl RedisSentinel {
 
     /// `redis+sentinel://jacker-gate@127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/gate-main/0`.
     pub(crate) fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
         format!(
             "redis+sentinel://{GATE_USER}@{}/{SERVICE}/0",
-            hosts.join(",")
+            loopback_hosts(&self.sentinels)
         )
     }
 
@@ -467,12 +471,10 @@ impl RedisCluster {
 
     /// `redis+cluster://jacker-gate@127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
     pub(crate) fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!("redis+cluster://{GATE_USER}@{}", hosts.join(","))
+        format!(
+            "redis+cluster://{GATE_USER}@{}",
+            loopback_hosts(&self.nodes)
+        )
     }
 
     /// The node that holds `key`'s slot.
