@@ -162,16 +162,24 @@ fn a_shared_rate_above_ten_thousand_a_second_says_what_it_becomes() {
         "{:?}",
         c.warnings()
     );
-    let c = parse(
-        "[rate_limit]\nper_second = 10000\nstore = \"redis\"\nredis_url = \"redis://r\"\n",
-        &[],
-    )
-    .unwrap();
-    assert!(
-        !c.warnings()
-            .iter()
-            .any(|w| w.starts_with("rate_limit.per_second")),
-        "{:?}",
+    let warned = |per_second: u32| {
+        let c = parse(
+            &format!(
+                "[rate_limit]\nper_second = {per_second}\nstore = \"redis\"\nredis_url = \"redis://r\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
         c.warnings()
+            .into_iter()
+            .find(|w| w.starts_with("rate_limit.per_second"))
+    };
+    for exact in [10_000, 12_500, 1_000_000] {
+        assert_eq!(warned(exact), None, "{exact}/s divides 1,000,000");
+    }
+    let warning = warned(2_000_000).expect("a warning");
+    assert!(
+        warning.contains("2000000/s is enforced as 1000000/s"),
+        "{warning}"
     );
 }

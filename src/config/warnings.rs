@@ -38,13 +38,12 @@ impl Config {
                     .to_owned(),
             );
         }
-        if self.shared_limit.is_some() && self.rate_limit.per_second > 10_000 {
-            let per_second = self.rate_limit.per_second;
-            let emission_us = 1_000_000_u32.div_ceil(per_second);
+        let per_second = self.rate_limit.per_second;
+        let enforced = 1_000_000 / 1_000_000_u32.div_ceil(per_second.max(1));
+        if self.shared_limit.is_some() && per_second > 0 && enforced != per_second {
             out.push(format!(
                 "rate_limit.per_second: the shared store counts in whole microseconds, so \
-                 {per_second}/s is enforced as {}/s across replicas",
-                1_000_000 / emission_us
+                 {per_second}/s is enforced as {enforced}/s across replicas"
             ));
         }
         out
